@@ -1,0 +1,5 @@
+"""`python3 -m osbuild`: the osbuild command line"""
+
+from .main_cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""Inputs: host-side programs that hand a stage the data it reads
+
+An input module is run on the host with a JSON message on stdin,
+`{"options", "origin", "api": {"store": SOCKET}}`, and prints
+`{"path": HOST_PATH, "data": {...}}` or `{"error": MSG}` on stdout. The path
+is bound read-only into the sandbox at /run/osbuild/inputs/KEY.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Dict
+
+from .meta import ModuleInfo
+
+
+class InputError(Exception):
+    """An input could not be prepared"""
+
+
+class Input:
+    """One input of a stage: a module, where its data comes from, options"""
+
+    def __init__(self, info: ModuleInfo, origin: str, options: Dict[str, Any]):
+        self.info = info
+        self.name = info.name
+        self.origin = origin
+        self.options = options
+
+    def map(self, store_api: str) -> Dict[str, Any]:
+        """Run the input module; returns {"path": host path, "data": {...}}"""
+        message = {"options": self.options, "origin": self.origin, "api": {"store": store_api}}
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+        proc = subprocess.run([sys.executable, self.info.path], input=json.dumps(message),
+                              capture_output=True, text=True, env=env, check=False)
+        try:
+            reply = json.loads(proc.stdout)
+        except ValueError:
+            detail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            raise InputError(f"input {self.name}: no valid reply ({detail})") from None
+        if not isinstance(reply, dict):
+            raise InputError(f"input {self.name}: reply is not an object")
+        if "error" in reply:
+            raise InputError(f"input {self.name}: {reply['error']}")
+        if proc.returncode != 0 or not isinstance(reply.get("path"), str):
+            raise InputError(f"input {self.name}: failed with exit status {proc.returncode}")
+        return {"path": reply["path"], "data": reply.get("data", {})}

@@ -1,0 +1,243 @@
+"""Module metadata: description and option schemas, read without importing
+
+Every module (stage, assembler, input, source, runner) is a Python script in
+a folder of its kind under the libdir. Its module docstring is its
+description and a module-level `SCHEMA = \"\"\"...\"\"\"` string holds the body
+of the JSON schema of its options. Both are read with `ast`: a module is
+never imported to learn about it.
+"""
+
+import ast
+import json
+import os
+import pkgutil
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import jsonschema
+
+from .util.types import PathLike
+
+FOLDERS = {
+    "Stage": "stages",
+    "Assembler": "assemblers",
+    "Input": "inputs",
+    "Source": "sources",
+    "Runner": "runners",
+}
+
+
+class ModuleError(Exception):
+    """A module is missing or its metadata is broken"""
+
+
+class ModuleInfo:
+    """What a module says about itself: summary, description, option schema"""
+
+    def __init__(self, klass: str, name: str, path: str, description: str, schema_body: str):
+        self.type = klass
+        self.name = name
+        self.path = path
+        self.description = description
+        self.summary = description.split("\n", 1)[0].strip()
+        self._schema_body = schema_body
+        self._opts: Optional[Dict[str, Any]] = None
+
+    @classmethod
+    def load(cls, libdir: PathLike, klass: str, name: str) -> "ModuleInfo":
+        folder = FOLDERS[klass]
+        path = os.path.join(os.fspath(libdir), folder, name)
+        where = f"{folder}/{name}"
+        try:
+            with open(path, encoding="utf-8") as f:
+                source = f.read()
+        except FileNotFoundError:
+            raise ModuleError(f"unknown {klass.lower()} {name!r}: no {where} in {os.fspath(libdir)}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModuleError(f"{where}: cannot read: {e}") from e
+        try:
+            tree = ast.parse(source, filename=path)
+        except SyntaxError as e:
+            raise ModuleError(f"{where}: not valid Python (line {e.lineno}): {e.msg}") from e
+        description = ast.get_docstring(tree)
+        if not description:
+            raise ModuleError(f"{where}: the module has no docstring (its description)")
+        schema_body = ""
+        for node in tree.body:
+            if not isinstance(node, ast.Assign):
+                continue
+            if any(isinstance(t, ast.Name) and t.id == "SCHEMA" for t in node.targets):
+                if not isinstance(node.value, ast.Constant) or not isinstance(node.value.value, str):
+                    raise ModuleError(f"{where}: SCHEMA must be a plain string literal")
+                schema_body = node.value.value
+        return cls(klass, name, path, description, schema_body)
+
+    @property
+    def opts(self) -> Dict[str, Any]:
+        """The options schema as an object (without the wrapping)"""
+        if self._opts is None:
+            body = self._schema_body.strip()
+            try:
+                self._opts = json.loads("{" + body + "}") if body else {"additionalProperties": True}
+            except ValueError as e:
+                raise ModuleError(f"{FOLDERS[self.type]}/{self.name}: SCHEMA is not valid JSON: {e}") from e
+        return self._opts
+
+    def options_schema(self) -> Dict[str, Any]:
+        """A complete JSON schema for the options of this module"""
+        return {
+            "$schema": "http://json-schema.org/draft-04/schema#",
+            "title": f"{self.type} {self.name} options",
+            "type": "object",
+            **self.opts,
+        }
+
+
+class Index:
+    """All modules of one libdir, loaded lazily and cached"""
+
+    def __init__(self, libdir: PathLike):
+        self.libdir = os.fspath(libdir)
+        self._cache: Dict[Tuple[str, str], ModuleInfo] = {}
+
+    def get_module_info(self, klass: str, name: str) -> ModuleInfo:
+        key = (klass, name)
+        if key not in self._cache:
+            self._cache[key] = ModuleInfo.load(self.libdir, klass, name)
+        return self._cache[key]
+
+    def list_modules(self, klass: str) -> List[str]:
+        folder = os.path.join(self.libdir, FOLDERS[klass])
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.startswith("org.") and not n.endswith((".json", ".yaml", ".py")))
+
+    def detect_runner(self, distro: str, version: str) -> str:
+        """The runner for a host of os-release ID `distro` and VERSION_ID `version`
+
+        As osbuild does: `org.osbuild.<ID><VERSION_ID without dots>`, or else
+        the nearest older runner of the same distribution.
+        """
+        wanted = f"org.osbuild.{distro}{version.replace('.', '')}"
+        available = self.list_modules("Runner")
+        if wanted in available:
+            return wanted
+        parts = [int(p) for p in version.split(".") if p.isdigit()] or [0]
+        width = len(str(parts[0]))
+        prefix = f"org.osbuild.{distro}"
+        older = []
+        for name in available:
+            digits = name[len(prefix):]
+            if not name.startswith(prefix) or not digits.isdigit():
+                continue
+            # the runner's digits are the VERSION_ID without dots: split them
+            # like the wanted version (major of the same width, then minor)
+            key = [int(digits[:width])] + ([int(digits[width:])] if digits[width:] else [])
+            if key <= parts:
+                older.append((key, name))
+        if older:
+            return max(older)[1]
+        raise ModuleError(f"no runner for this host: neither {wanted} nor an older "
+                          f"org.osbuild.{distro}* in {os.path.join(self.libdir, 'runners')}")
+
+
+def host_os_release(path: str = "/etc/os-release") -> Dict[str, str]:
+    """Parse os-release; an empty dict if there is none"""
+    result: Dict[str, str] = {}
+    for candidate in (path, "/usr/lib/os-release"):
+        try:
+            with open(candidate, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            key, sep, value = line.strip().partition("=")
+            if sep and not key.startswith("#"):
+                result[key] = value.strip().strip("\"'")
+        break
+    return result
+
+
+def load_schema(name: str) -> Dict[str, Any]:
+    """A JSON schema shipped in the package (osbuild/schemas/NAME.json)"""
+    data = pkgutil.get_data("osbuild", f"schemas/{name}.json")
+    if data is None:
+        raise ModuleError(f"schema {name} is missing from the osbuild package")
+    schema: Dict[str, Any] = json.loads(data)
+    return schema
+
+
+class ValidationError:
+    """One problem in a document: where (a JSON path) and what"""
+
+    def __init__(self, path: Iterable[Any], message: str):
+        self.path = list(path)
+        self.message = message
+
+    @property
+    def id(self) -> str:
+        return json_path(self.path)
+
+    def __str__(self) -> str:
+        return f"{self.id or '.'}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"ValidationError({self.id!r}, {self.message!r})"
+
+
+class ValidationResult:
+    """All problems found in a document; valid when there are none"""
+
+    def __init__(self, origin: str = ""):
+        self.origin = origin
+        self.errors: List[ValidationError] = []
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def fail(self, path: Iterable[Any], message: str) -> None:
+        self.errors.append(ValidationError(path, message))
+
+    def merge(self, other: "ValidationResult", prefix: Iterable[Any] = ()) -> None:
+        prefix = list(prefix)
+        for error in other.errors:
+            self.errors.append(ValidationError(prefix + error.path, error.message))
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "type": "https://osbuild.org/validation-error",
+            "success": False,
+            "title": f"JSON Schema validation failed for {self.origin}" if self.origin else "validation failed",
+            "errors": [{"path": e.id, "message": e.message} for e in self.errors],
+        }
+
+
+def json_path(path: Iterable[Any]) -> str:
+    """`.pipeline.stages[2].options.filename` from ["pipeline", "stages", 2, ...]"""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def validate(instance: Any, schema: Dict[str, Any], origin: str = "") -> ValidationResult:
+    """Every schema violation of `instance`, each with its path"""
+    result = ValidationResult(origin)
+    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft4Validator)
+    validator = validator_class(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    for error in errors:
+        result.fail(error.absolute_path, _one_line(error))
+    return result
+
+
+def _one_line(error: "jsonschema.ValidationError") -> str:
+    message = error.message
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        best = min(error.context, key=lambda e: len(list(e.absolute_path)))
+        message = f"{message if len(message) < 80 else 'not valid'}: {best.message}"
+    if len(message) > 300:
+        message = message[:297] + "..."
+    return " ".join(message.split("\n"))

@@ -1,0 +1,244 @@
+"""Stages, pipelines and manifests: ids, and how a build runs
+
+A stage's id is the sha256 of `json.dumps(x, sort_keys=True)` for x in
+(name, build, base, options), in that order, as osbuild computes it; a
+pipeline's tree id is that of its last stage, its output id that of its
+assembler (which is a stage too, with the tree as its `tree` input).
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Set
+
+from . import api
+from .buildroot import BuildRoot
+from .inputs import Input
+from .meta import Index, ModuleInfo
+from .monitor import BaseMonitor
+from .objectstore import ObjectStore, StoreServer
+
+
+class BuildError(Exception):
+    """The build could not go on (not a failing stage: that is a result)"""
+
+
+class Stage:
+    """One module run on a tree"""
+
+    def __init__(self, info: ModuleInfo, build: Optional[str], base: Optional[str],
+                 options: Optional[Dict[str, Any]]):
+        self.info = info
+        self.name = info.name
+        self.build = build
+        self.base = base
+        self.options = options if options is not None else {}
+        self.inputs: Dict[str, Input] = {}
+        self.checkpoint = False
+
+    @property
+    def id(self) -> str:
+        m = hashlib.sha256()
+        for part in (self.name, self.build, self.base, self.options):
+            m.update(json.dumps(part, sort_keys=True).encode())
+        return m.hexdigest()
+
+    def add_input(self, key: str, info: ModuleInfo, origin: str, options: Dict[str, Any]) -> Input:
+        inp = Input(info, origin, options)
+        self.inputs[key] = inp
+        return inp
+
+    def run(self, tree: str, buildroot: BuildRoot, store_api: str, workdir: str,
+            monitor: BaseMonitor) -> Dict[str, Any]:
+        """Run the stage on `tree` in `buildroot`; returns its result"""
+        inputs: Dict[str, Any] = {}
+        ro_binds = []
+        for key, inp in self.inputs.items():
+            mapped = inp.map(store_api)
+            target = f"/run/osbuild/inputs/{key}"
+            ro_binds.append((mapped["path"], target))
+            inputs[key] = {"path": target, "data": mapped["data"]}
+        args = {
+            "tree": "/run/osbuild/tree",
+            "options": self.options,
+            "inputs": inputs,
+            "sources": "/run/osbuild/sources",
+            "meta": {"id": self.id},
+        }
+        with api.API(args, tmpdir=workdir) as server:
+            status, output = buildroot.run(
+                self.info.path,
+                binds=[(tree, "/run/osbuild/tree"), (server.socket_dir, "/run/osbuild/api")],
+                readonly_binds=ro_binds,
+                on_output=monitor.log,
+            )
+        error: Any = server.error
+        if status != 0 and error is None:
+            error = f"{self.name} exited with status {status}"
+        return {
+            "name": self.name,
+            "id": self.id,
+            "options": self.options,
+            "success": status == 0,
+            "output": output,
+            "metadata": server.metadata,
+            "error": error,
+        }
+
+
+class Pipeline:
+    """Stages building a tree, on the tree of an optional build pipeline"""
+
+    def __init__(self, runner: str, build: Optional["Pipeline"] = None):
+        self.runner = runner
+        self.build_pipeline = build
+        self.build = build.tree_id if build else None
+        self.stages: List[Stage] = []
+        self.assembler: Optional[Stage] = None
+
+    @property
+    def tree_id(self) -> Optional[str]:
+        return self.stages[-1].id if self.stages else None
+
+    @property
+    def output_id(self) -> Optional[str]:
+        return self.assembler.id if self.assembler else None
+
+    @property
+    def id(self) -> Optional[str]:
+        return self.output_id or self.tree_id
+
+    def add_stage(self, info: ModuleInfo, options: Optional[Dict[str, Any]]) -> Stage:
+        stage = Stage(info, self.build, self.tree_id, options)
+        self.stages.append(stage)
+        return stage
+
+    def set_assembler(self, info: ModuleInfo, options: Optional[Dict[str, Any]],
+                      tree_input: ModuleInfo) -> Stage:
+        stage = Stage(info, self.build, self.tree_id, options)
+        stage.add_input("tree", tree_input, "org.osbuild.pipeline", {"pipeline": {"id": self.tree_id}})
+        self.assembler = stage
+        return stage
+
+    def all_stages(self) -> List[Stage]:
+        return self.stages + ([self.assembler] if self.assembler else [])
+
+
+class Context:
+    """What every pipeline of one build shares"""
+
+    def __init__(self, store: ObjectStore, monitor: BaseMonitor, libdir: str, workdir: str, store_api: str):
+        self.store = store
+        self.monitor = monitor
+        self.libdir = libdir
+        self.workdir = workdir
+        self.store_api = store_api
+
+
+def _run_stage(stage: Stage, tree: str, buildroot: BuildRoot, ctx: Context) -> Dict[str, Any]:
+    ctx.monitor.stage(stage.name, stage.id)
+    result = stage.run(tree, buildroot, ctx.store_api, ctx.workdir, ctx.monitor)
+    ctx.monitor.result(result)
+    return result
+
+
+def build_pipeline(pipeline: Pipeline, ctx: Context) -> Dict[str, Any]:
+    """Build what of `pipeline` is not in the store yet; returns the result"""
+    store = ctx.store
+    result: Dict[str, Any] = {"success": True, "stages": [], "assembler": None,
+                              "tree_id": pipeline.tree_id, "output_id": pipeline.output_id}
+    missing_checkpoints = [s for s in pipeline.stages if s.checkpoint and not store.contains(s.id)]
+    if pipeline.id is None or (store.contains(pipeline.id) and not missing_checkpoints):
+        if pipeline.id:
+            ctx.monitor.cached("pipeline", pipeline.id)
+        return result
+
+    root = "/"
+    if pipeline.build_pipeline:
+        build_result = build_pipeline(pipeline.build_pipeline, ctx)
+        result["build"] = build_result
+        if not build_result["success"]:
+            result["success"] = False
+            return result
+        build_tree = pipeline.build_pipeline.tree_id
+        resolved = store.resolve(build_tree) if build_tree else None
+        if resolved is None:
+            raise BuildError("the build pipeline has no stages: it gives no build root")
+        root = resolved
+    buildroot = BuildRoot(root, pipeline.runner, ctx.libdir)
+
+    if pipeline.stages and (not store.contains(pipeline.tree_id) or missing_checkpoints):
+        done = -1
+        for i in range(len(pipeline.stages) - 1, -1, -1):
+            if store.contains(pipeline.stages[i].id):
+                done = i
+                break
+        if done >= 0:
+            ctx.monitor.cached("stage", pipeline.stages[done].id)
+        tree = store.new_tree(ctx.workdir, pipeline.stages[done].id if done >= 0 else None)
+        todo = pipeline.stages[done + 1:]
+        for stage in todo:
+            stage_result = _run_stage(stage, tree, buildroot, ctx)
+            result["stages"].append(stage_result)
+            if not stage_result["success"]:
+                result["success"] = False
+                return result
+            if stage is pipeline.stages[-1]:
+                store.commit(tree, stage.id, move=True)
+            elif stage.checkpoint:
+                store.commit(tree, stage.id)
+
+    if pipeline.assembler and not store.contains(pipeline.output_id):
+        output = tempfile.mkdtemp(prefix="output-", dir=ctx.workdir)
+        os.chmod(output, 0o755)
+        assembler_result = _run_stage(pipeline.assembler, output, buildroot, ctx)
+        result["assembler"] = assembler_result
+        if not assembler_result["success"]:
+            result["success"] = False
+            return result
+        store.commit(output, pipeline.assembler.id, move=True)
+    return result
+
+
+class Manifest:
+    """A pipeline (with its build pipelines) and its sources"""
+
+    def __init__(self, pipeline: Pipeline, sources: Optional[Dict[str, Any]] = None):
+        self.pipeline = pipeline
+        self.sources = sources or {}
+
+    def pipelines(self) -> List[Pipeline]:
+        """All pipelines, build pipelines first"""
+        chain = []
+        current: Optional[Pipeline] = self.pipeline
+        while current:
+            chain.append(current)
+            current = current.build_pipeline
+        return list(reversed(chain))
+
+    def mark_checkpoints(self, checkpoints: List[str]) -> Set[str]:
+        """Mark stages to be committed; returns the ids that matched nothing"""
+        unknown = set(checkpoints)
+        for pipeline in self.pipelines():
+            for stage in pipeline.all_stages():
+                if stage.id in unknown:
+                    stage.checkpoint = True
+                    unknown.discard(stage.id)
+        return unknown
+
+    def build(self, store: ObjectStore, monitor: BaseMonitor, libdir: str,
+              output_directory: Optional[str] = None,
+              on_built: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+        """Build the manifest into `store`; export the output if asked"""
+        with store.tempdir(prefix="build-") as workdir:
+            with StoreServer(store, workdir) as server:
+                ctx = Context(store, monitor, libdir, workdir, server.path)
+                result = build_pipeline(self.pipeline, ctx)
+        if on_built:
+            on_built(result)
+        if result["success"] and output_directory and self.pipeline.output_id:
+            store.export(self.pipeline.output_id, output_directory)
+        return result
+
+
