@@ -1,0 +1,367 @@
+"""org.osbuild.oci-archive without a sandbox: options, documents, the archive"""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+
+import pytest
+
+from osbuild import meta
+from test.conftest import REPO
+from test.ocitools import Archive, sha256
+
+ARCH = {"filename": "image.tar", "architecture": "amd64"}
+
+
+@pytest.fixture(name="schema", scope="module")
+def fixture_schema():
+    info = meta.ModuleInfo.load(REPO, "Assembler", "org.osbuild.oci-archive")
+    return info.options_schema()
+
+
+def make_tree(root):
+    os.makedirs(os.path.join(root, "usr", "bin"))
+    os.makedirs(os.path.join(root, "etc"))
+    with open(os.path.join(root, "usr", "bin", "tool"), "wb") as f:
+        f.write(b"#!/bin/sh\necho hi\n" * 100)
+    os.chmod(os.path.join(root, "usr", "bin", "tool"), 0o4755)
+    with open(os.path.join(root, "etc", "config"), "w", encoding="utf-8") as f:
+        f.write("key=value\n")
+    os.chmod(os.path.join(root, "etc", "config"), 0o600)
+    os.symlink("usr/bin", os.path.join(root, "bin"))
+    os.link(os.path.join(root, "etc", "config"), os.path.join(root, "etc", "config.hardlink"))
+    os.mkfifo(os.path.join(root, "etc", "fifo"))
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (1600000000, 1600000000), follow_symlinks=False)
+    os.utime(root, (1600000000, 1600000000))
+    return root
+
+
+@pytest.fixture(name="tree")
+def fixture_tree(tmp_path):
+    return make_tree(str(tmp_path / "tree"))
+
+
+def build(module, tree, outdir, **options):
+    os.makedirs(outdir, exist_ok=True)
+    opts = dict(ARCH, **options)
+    assert module.main(str(outdir), {"tree": {"path": str(tree)}}, opts) == 0
+    return Archive(os.path.join(outdir, opts["filename"]))
+
+
+# --- pure functions -------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["image.tar", "a", "x" * 255, "my image.oci", ".hidden", "ünï.tar"])
+def test_safe_filename_accepts(oci_archive, name):
+    assert oci_archive.safe_filename(name) == name
+
+
+@pytest.mark.parametrize("name,problem", [
+    ("", "empty"),
+    (".", "empty, '.'"),
+    ("..", "'..'"),
+    ("../x", "'/'"),
+    ("a/b", "'/'"),
+    ("/etc/passwd", "'/'"),
+    ("a\0b", "NUL"),
+    ("x" * 256, "255 bytes"),
+    ("ü" * 128, "255 bytes"),
+])
+def test_safe_filename_rejects(oci_archive, name, problem):
+    with pytest.raises(ValueError, match="options.filename") as e:
+        oci_archive.safe_filename(name)
+    assert problem in str(e.value)
+
+
+@pytest.mark.parametrize("name,variant,expected", [
+    ("amd64", None, ("amd64", None)),
+    ("x86_64", None, ("amd64", None)),
+    ("aarch64", None, ("arm64", "v8")),
+    ("arm64", None, ("arm64", "v8")),
+    ("armv7hl", None, ("arm", "v7")),
+    ("armhfp", None, ("arm", "v7")),
+    ("armv6l", None, ("arm", "v6")),
+    ("arm", "v6", ("arm", "v6")),
+    ("i686", None, ("386", None)),
+    ("386", None, ("386", None)),
+    ("ppc64le", None, ("ppc64le", None)),
+    ("s390x", None, ("s390x", None)),
+    ("riscv64", None, ("riscv64", None)),
+])
+def test_platform_normalizes(oci_archive, name, variant, expected):
+    assert oci_archive.platform(name, variant) == expected
+
+
+def test_platform_rejects_unknown_with_list(oci_archive):
+    with pytest.raises(ValueError, match="unknown, use one of .*aarch64.*amd64"):
+        oci_archive.platform("sparc")
+    with pytest.raises(ValueError, match="not a variant of amd64"):
+        oci_archive.platform("amd64", "v7")
+
+
+def test_schema_architecture_enum_matches_table(oci_archive, schema):
+    assert sorted(schema["properties"]["architecture"]["enum"]) == sorted(oci_archive.ARCHITECTURES)
+
+
+def test_config_defaults_match_schema(oci_archive, schema):
+    props = schema["properties"]["config"]["properties"]
+    config = oci_archive.config_from_options({})
+    assert config == {"Cmd": props["Cmd"]["default"], "Env": props["Env"]["default"]}
+    assert schema["properties"]["compression"]["default"] == oci_archive.DEFAULT_COMPRESSION
+
+
+def test_config_from_options_full(oci_archive):
+    config = oci_archive.config_from_options({
+        "Cmd": ["-c", "true"], "Entrypoint": ["/bin/sh"], "Env": ["A=1"], "User": "1000:1000",
+        "ExposedPorts": ["80", "53/udp", "8080/tcp"], "Volumes": ["/data", "/var/log"],
+        "Labels": {"a": "b"}, "StopSignal": "SIGINT", "WorkingDir": "/srv",
+    })
+    assert config == {
+        "Cmd": ["-c", "true"], "Entrypoint": ["/bin/sh"], "Env": ["A=1"], "User": "1000:1000",
+        "ExposedPorts": {"80/tcp": {}, "53/udp": {}, "8080/tcp": {}},
+        "Volumes": {"/data": {}, "/var/log": {}},
+        "Labels": {"a": "b"}, "StopSignal": "SIGINT", "WorkingDir": "/srv",
+    }
+
+
+def test_config_accepts_2021_stop_signal_misspelling(oci_archive):
+    assert oci_archive.config_from_options({"StopSiganl": "SIGKILL"})["StopSignal"] == "SIGKILL"
+    assert oci_archive.config_from_options({"StopSignal": "SIGINT"})["StopSignal"] == "SIGINT"
+    with pytest.raises(ValueError, match="disagree"):
+        oci_archive.config_from_options({"StopSignal": "SIGINT", "StopSiganl": "SIGKILL"})
+
+
+@pytest.mark.parametrize("ports", [["http"], ["0"], ["70000"], ["80/icmp"]])
+def test_config_rejects_bad_ports(oci_archive, ports):
+    with pytest.raises(ValueError, match="ExposedPorts"):
+        oci_archive.config_from_options({"ExposedPorts": ports})
+
+
+def test_config_rejects_relative_volume(oci_archive):
+    with pytest.raises(ValueError, match="Volumes 'data': must be an absolute path"):
+        oci_archive.config_from_options({"Volumes": ["data"]})
+
+
+def test_layer_tar_argv_is_reproducible_and_filters_xattrs(oci_archive):
+    argv = oci_archive.layer_tar_argv("/tree", 42)
+    assert argv[0] == "tar" and argv[-1] == "."
+    for flag in ["--format=posix", "--sort=name", "--numeric-owner", "--mtime=@42", "--clamp-mtime",
+                 "--xattrs-include=security.capability", "--no-selinux"]:
+        assert flag in argv
+    assert "delete=atime,delete=ctime" in " ".join(argv)
+    assert not any(a.startswith("--mtime") for a in oci_archive.layer_tar_argv("/tree", None))
+
+
+def test_compressor_argv(oci_archive):
+    have = {"pigz", "gzip", "zstd"}.__contains__
+    assert oci_archive.compressor_argv("gzip", None, have)[:2] == ["pigz", "--no-name"]
+    assert oci_archive.compressor_argv("gzip", 1, lambda n: n == "gzip") == ["gzip", "--no-name", "--stdout", "-1"]
+    assert oci_archive.compressor_argv("zstd", None, have)[:1] == ["zstd"]
+    assert oci_archive.compressor_argv("none", None, have) is None
+    with pytest.raises(RuntimeError, match="zstd program is not in the build root"):
+        oci_archive.compressor_argv("zstd", None, lambda n: False)
+    with pytest.raises(RuntimeError, match="neither pigz nor gzip"):
+        oci_archive.compressor_argv("gzip", None, lambda n: False)
+    with pytest.raises(ValueError, match="gzip takes 1-9"):
+        oci_archive.compressor_argv("gzip", 12, have)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2**33 - 1, 2**33, 2**40])
+def test_layer_prefix_fills_reserved_space(oci_archive, size):
+    name = "blobs/sha256/" + "a" * 64
+    prefix = oci_archive.layer_prefix(name, size, 0)
+    assert len(prefix) == oci_archive.RESERVED
+    blocks = [prefix[i:i + 512] for i in range(0, len(prefix), 512)]
+    last = tarfile.TarInfo.frombuf(blocks[-1], "utf-8", "strict")
+    assert last.name == name
+    if size < 2**33:
+        headers = [tarfile.TarInfo.frombuf(b, "utf-8", "strict") for b in blocks]
+        assert [h.name for h in headers] == ["blobs", "blobs/sha256", name]
+        assert headers[-1].size == size
+    else:
+        assert blocks[0][156:157] == tarfile.XHDTYPE  # a pax header carries the size
+        assert f"size={size}".encode() in blocks[1]
+
+
+# --- the schema ---------------------------------------------------------------
+
+OPTIONS_2021 = [
+    {"filename": "a.tar", "architecture": "amd64"},
+    {"filename": "a.tar", "architecture": "arm64", "config": {}},
+    {"filename": "a.tar", "architecture": "x86_64", "config": {
+        "Cmd": ["/bin/sh"], "Env": ["A=b"], "ExposedPorts": ["80"], "User": "root",
+        "Labels": {"x": "y"}, "StopSiganl": "SIGTERM", "Volumes": ["/data"], "WorkingDir": "/"}},
+    {"filename": "container.tar", "architecture": "aarch64", "config": {"Cmd": []}},
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS_2021)
+def test_2021_options_still_validate(schema, options):
+    assert meta.validate(options, schema).valid
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"architecture": "amd64"}, "'filename' is a required property"),
+    ({"filename": "a.tar"}, "'architecture' is a required property"),
+    (dict(ARCH, filename="../x"), "does not match"),
+    (dict(ARCH, filename=".."), "should not be valid"),
+    (dict(ARCH, filename=""), "should be non-empty"),
+    (dict(ARCH, architecture="sparc"), "'sparc' is not one of"),
+    (dict(ARCH, compression="EXTREME"), "'EXTREME' is not one of"),
+    (dict(ARCH, config={"Labels": {"n": 1}}), "1 is not of type 'string'"),
+    (dict(ARCH, config={"Labels": {"n": {"a": "b"}}}), "is not of type 'string'"),
+    (dict(ARCH, config={"Cmd": "sh"}), "'sh' is not of type 'array'"),
+    (dict(ARCH, config={"Unknown": 1}), "Additional properties are not allowed"),
+    (dict(ARCH, config={"Env": ["NOEQUALS"]}), "does not match"),
+    (dict(ARCH, tag="Bad Tag!"), "does not match"),
+    (dict(ARCH, annotations={"a": 1}), "1 is not of type 'string'"),
+    (dict(ARCH, **{"source-epoch": -1}), "less than the minimum"),
+    (dict(ARCH, **{"source-epoch": "now"}), "'now' is not of type 'integer'"),
+    (dict(ARCH, variant="v9"), "'v9' is not one of"),
+    (dict(ARCH, extra=True), "Additional properties are not allowed"),
+])
+def test_bad_options_give_one_clear_error(schema, options, message):
+    result = meta.validate(options, schema)
+    assert len(result.errors) == 1, result.errors
+    assert message in result.errors[0].message
+
+
+# --- building archives ------------------------------------------------------------
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_archive_is_valid_oci(oci_archive, spec, tree, tmp_path, compression):
+    archive = build(oci_archive, tree, tmp_path / "out", compression=compression, tag="v1",
+                    annotations={"org.example": "yes"})
+    spec.validate("layout", archive.layout)
+    spec.validate("index", archive.index)
+    spec.validate("manifest", archive.manifest)
+    spec.validate("config", archive.config)
+    assert archive.layout == {"imageLayoutVersion": "1.0.0"}
+    assert archive.index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert archive.manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert archive.manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
+    expected_type = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+                     "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+                     "none": "application/vnd.oci.image.layer.v1.tar"}[compression]
+    assert archive.manifest["layers"][0]["mediaType"] == expected_type
+    assert archive.config["rootfs"] == {"type": "layers", "diff_ids": [sha256(archive.layer_tar)]}
+    assert archive.config["os"] == "linux" and archive.config["architecture"] == "amd64"
+    assert archive.config["history"][0]["created"] == archive.config["created"]
+    entry = archive.index["manifests"][0]
+    assert entry["annotations"] == {"org.opencontainers.image.ref.name": "v1", "org.example": "yes"}
+    assert archive.manifest["annotations"] == {"org.example": "yes"}
+    # every blob in the archive is referenced: nothing stray
+    blobs = {n for n in archive.members if n.startswith("blobs/")}
+    referenced = {"blobs/sha256/" + d["digest"].split(":")[1]
+                  for d in [entry, archive.manifest["config"], *archive.manifest["layers"]]}
+    assert blobs == referenced
+    assert not [n for n in os.listdir(tmp_path / "out") if n != "image.tar"], "temporary files left"
+
+
+def test_layer_keeps_metadata(oci_archive, tree, tmp_path):
+    archive = build(oci_archive, tree, tmp_path / "out")
+    entries = archive.layer_entries()
+    assert "./" in entries or "." in entries
+    assert all(not name.startswith("/") for name in entries)
+    assert list(entries) == sorted(entries, key=lambda n: n.rstrip("/"))
+    tool = entries["./usr/bin/tool"]
+    assert stat.S_IMODE(tool.mode) == 0o4755
+    assert entries["./etc/config"].mode == 0o600
+    assert entries["./bin"].issym() and entries["./bin"].linkname == "usr/bin"
+    assert entries["./etc/config.hardlink"].islnk()
+    assert entries["./etc/config.hardlink"].linkname == "./etc/config"
+    assert entries["./etc/fifo"].isfifo()
+    assert tool.uid == os.getuid() and tool.uname == ""
+    assert "atime" not in tool.pax_headers and "ctime" not in tool.pax_headers
+
+
+def test_source_epoch_sets_created_and_clamps_mtimes(oci_archive, tree, tmp_path):
+    future = os.path.join(tree, "etc", "new")
+    with open(future, "w", encoding="utf-8") as f:
+        f.write("x")
+    os.utime(future, (2000000000, 2000000000))
+    archive = build(oci_archive, tree, tmp_path / "out", **{"source-epoch": 1700000000})
+    assert archive.config["created"] == "2023-11-14T22:13:20Z"
+    entries = archive.layer_entries()
+    assert entries["./etc/new"].mtime == 1700000000
+    assert entries["./etc/config"].mtime == 1600000000  # older ones are kept
+    assert {info.mtime for info in archive.infos.values()} == {1700000000}
+    assert {(info.uid, info.gid) for info in archive.infos.values()} == {(0, 0)}
+
+
+def test_reproducible_bytes_across_copies(oci_archive, tree, tmp_path):
+    options = {"source-epoch": 1700000000, "tag": "latest"}
+    first = build(oci_archive, tree, tmp_path / "one", **options)
+    copy = str(tmp_path / "copy")
+    subprocess.run(["cp", "-a", tree, copy], check=True)
+    second = build(oci_archive, copy, tmp_path / "two", **options)
+    with open(first.path, "rb") as a, open(second.path, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_without_epoch_created_is_now(oci_archive, tree, tmp_path):
+    archive = build(oci_archive, tree, tmp_path / "out")
+    assert archive.config["created"][:4] >= "2024"
+
+
+def test_empty_tree_gives_valid_image(oci_archive, spec, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    archive = build(oci_archive, empty, tmp_path / "out")
+    spec.validate("manifest", archive.manifest)
+    assert list(archive.layer_entries()) in (["./"], ["."])
+
+
+def test_arm_variant_in_config(oci_archive, tree, tmp_path, spec):
+    archive = build(oci_archive, tree, tmp_path / "out", architecture="armv7hl")
+    assert (archive.config["architecture"], archive.config["variant"]) == ("arm", "v7")
+    spec.validate("config", archive.config)
+
+
+def test_failure_leaves_nothing(oci_archive, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(RuntimeError, match="create layer: tar exited"):
+        oci_archive.main(str(out), {"tree": {"path": str(tmp_path / "missing")}}, dict(ARCH))
+    assert os.listdir(out) == []
+
+
+def test_missing_compressor_is_named_and_leaves_nothing(oci_archive, tree, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(oci_archive.shutil, "which", lambda name: None if name == "zstd" else shutil.which(name))
+    with pytest.raises(RuntimeError, match="zstd"):
+        oci_archive.main(str(out), {"tree": {"path": tree}}, dict(ARCH, compression="zstd"))
+    assert os.listdir(out) == []
+
+
+def test_dying_compressor_fails_the_build(oci_archive, tree, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(oci_archive, "compressor_argv", lambda *a: ["sh", "-c", "head -c 10 >/dev/null; exit 3"])
+    big = os.path.join(tree, "big")
+    with open(big, "wb") as f:
+        f.write(os.urandom(4 * 1024 * 1024))
+    with pytest.raises((RuntimeError, BrokenPipeError)):
+        oci_archive.main(str(out), {"tree": {"path": tree}}, dict(ARCH))
+    assert os.listdir(out) == []
+
+
+def test_bad_options_fail_before_work(oci_archive, tree, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match="options.filename"):
+        oci_archive.main(str(out), {"tree": {"path": tree}}, dict(ARCH, filename="../escape"))
+    with pytest.raises(ValueError, match="ExposedPorts"):
+        oci_archive.main(str(out), {"tree": {"path": tree}}, dict(ARCH, config={"ExposedPorts": ["x"]}))
+    assert os.listdir(out) == [] and not os.path.exists(tmp_path / "escape")
+
+
+def test_json_blobs_are_canonical(oci_archive):
+    blob = oci_archive.json_blob({"b": 1, "a": {"d": [1, 2], "c": "é"}})
+    assert blob == '{"a":{"c":"é","d":[1,2]},"b":1}'.encode()
+    assert json.loads(blob) == {"b": 1, "a": {"d": [1, 2], "c": "é"}}
