@@ -228,7 +228,11 @@ def validate(instance: Any, schema: Dict[str, Any], origin: str = "") -> Validat
     validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft4Validator)
     validator = validator_class(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    # a value of the wrong type also fails its enum/pattern/...: report the type only
+    wrong_type = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
     for error in errors:
+        if tuple(error.absolute_path) in wrong_type and error.validator != "type":
+            continue
         result.fail(error.absolute_path, _one_line(error))
     return result
 
