@@ -1,0 +1,485 @@
+#!/usr/bin/python3
+"""Benchmark org.osbuild.oci-archive side by side with its baselines
+
+    python3 bench/run.py [--quick] [--tree DIR] [--trees small,usr,large]
+                         [--runs N] [--output DIR] [--scratch DIR]
+
+For each tree, every contender runs --runs times in alternating order;
+reported are the median and minimum wall time, the ratios to the
+single-pass floor and to the 2021 algorithm, the peak RSS of the whole
+process tree, the output size and the peak extra disk space. Results go to
+OUTPUT/results.{md,json} and a chart OUTPUT/ratios.png. Run as root.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from osbuild.objectstore import ObjectStore  # noqa: E402  pylint: disable=wrong-import-position
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+NPROC = os.cpu_count() or 1
+MiB = 1024 * 1024
+EPOCH = 1700000000
+
+# the layer tar of org.osbuild.oci-archive, used by the floors as well
+TAR = ("tar --create --file=- --format=posix --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime "
+       "--sort=name --numeric-owner --sparse --xattrs --xattrs-include=user.* "
+       "--xattrs-include=security.capability --xattrs-include=security.ima --no-selinux --no-acls "
+       f"--mtime=@{EPOCH} --clamp-mtime")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- trees ----------------------------------------------------------------------
+
+def words(seed: int, size: int) -> bytes:
+    """Text-like, compressible bytes"""
+    vocabulary = [w.encode() for w in (
+        "the of and to in is was for on that with as by at from this be or are an it not which have "
+        "config value path system file user image layer build stage tree kernel package service").split()]
+    out = bytearray()
+    state = seed
+    while len(out) < size:
+        state = (state * 1103515245 + 12345) & 0x7FFFFFFF
+        out += vocabulary[state % len(vocabulary)] + (b"\n" if state % 13 == 0 else b" ")
+    return bytes(out[:size])
+
+
+def make_small(path: str) -> None:
+    """~50 MB: 6000 small text files in nested folders, a few binaries"""
+    for i in range(6000):
+        folder = os.path.join(path, "share", f"d{i % 40:02d}", f"e{i % 7}")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"file{i:05d}.txt"), "wb") as f:
+            f.write(words(i, 1024 + (i * 7919) % 12000))
+    os.makedirs(os.path.join(path, "bin"))
+    budget = 8 * MiB
+    for name in sorted(os.listdir("/usr/bin")):
+        source = os.path.join("/usr/bin", name)
+        if os.path.isfile(source) and not os.path.islink(source) and os.path.getsize(source) < 4 * MiB:
+            shutil.copy2(source, os.path.join(path, "bin", name))
+            budget -= os.path.getsize(source)
+            if budget <= 0:
+                break
+    with open(os.path.join(path, "bin", "random.bin"), "wb") as f:
+        f.write(os.urandom(2 * MiB))
+
+
+def make_usr(path: str, limit: int) -> None:
+    """The host's /usr, in name order, up to `limit` bytes of file data"""
+    selected: List[str] = []
+    total = 0
+    for dirpath, dirnames, filenames in os.walk("/usr"):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            try:
+                size = os.lstat(full).st_size
+            except OSError:
+                continue
+            if total + size > limit:
+                continue
+            selected.append(os.path.relpath(full, "/"))
+            total += size
+        if total >= limit * 0.98:
+            break
+    listing = "\0".join(selected).encode()
+    pack = subprocess.Popen(["tar", "--create", "--file=-", "--directory=/", "--null", "--files-from=-",
+                             "--no-recursion"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    unpack = subprocess.Popen(["tar", "--extract", "--file=-", f"--directory={path}"], stdin=pack.stdout)
+    assert pack.stdin and pack.stdout
+    pack.stdout.close()
+    pack.stdin.write(listing)
+    pack.stdin.close()
+    if pack.wait() not in (0, 1) or unpack.wait() != 0:
+        raise RuntimeError("copying /usr failed")
+
+
+def make_large(path: str, usr: str) -> None:
+    """`usr` plus 700 MB of large files of different compressibility"""
+    subprocess.run(["cp", "-a", "--reflink=auto", usr, os.path.join(path, "usr")], check=True)
+    data = os.path.join(path, "data")
+    os.makedirs(data)
+    with open(os.path.join(data, "random.bin"), "wb") as f:
+        for _ in range(200):
+            f.write(os.urandom(MiB))
+    with open(os.path.join(data, "text.log"), "wb") as f:
+        for i in range(250):
+            f.write(words(i, MiB))
+    with open(os.path.join(data, "mixed.img"), "wb") as f:
+        for i in range(150):
+            f.write(os.urandom(MiB // 2) + words(i, MiB // 2))
+    with open(os.path.join(data, "zeros.img"), "wb") as f:
+        for _ in range(100):
+            f.write(b"\0" * MiB)
+
+
+def tree_size(path: str) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def prepare_trees(scratch: str, names: List[str], usr_limit: int, quick: bool) -> Dict[str, str]:
+    trees = {}
+    for name in names:
+        path = os.path.join(scratch, "trees", name)
+        done = path + ".done"
+        if not os.path.exists(done):
+            log(f"bench: making tree {name} in {path} (once; kept for later runs)")
+            shutil.rmtree(path, ignore_errors=True)
+            os.makedirs(path)
+            if name == "small":
+                make_small(path)
+            elif name == "tiny":
+                os.makedirs(os.path.join(path, "etc"))
+                for i in range(200):
+                    with open(os.path.join(path, "etc", f"f{i}"), "wb") as f:
+                        f.write(words(i, 4096))
+                shutil.copy2("/usr/bin/tar", os.path.join(path, "tar"))
+            elif name == "usr":
+                make_usr(path, usr_limit)
+            elif name == "large":
+                make_large(path, prepare_trees(scratch, ["usr"], usr_limit, quick)["usr"])
+            open(done, "w", encoding="utf-8").close()
+        trees[name] = path
+    return trees
+
+
+# --- measuring ------------------------------------------------------------------
+
+def descendants_rss(root: int) -> int:
+    """Sum of the RSS of `root` and all its descendants, in bytes"""
+    children: Dict[int, List[int]] = {}
+    rss: Dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        rss[pid] = int(fields[21]) * PAGE
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def used_disk(path: str) -> int:
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def measure(argv: List[str], workdir: str, env: Optional[Dict[str, str]] = None) -> Dict[str, float]:
+    """Run argv; wall time, peak RSS of its process tree, peak disk growth"""
+    subprocess.run(["sync"], check=True)
+    disk_before = used_disk(workdir)
+    peak = {"rss": 0, "disk": 0}
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak["rss"] = max(peak["rss"], descendants_rss(proc.pid))
+            peak["disk"] = max(peak["disk"], used_disk(workdir) - disk_before)
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = proc.communicate()
+    wall = time.monotonic() - start
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:3]}... failed ({proc.returncode}): {stderr.decode(errors='replace')[-2000:]}")
+    subprocess.run(["sync"], check=True)
+    peak["disk"] = max(peak["disk"], used_disk(workdir) - disk_before)
+    return {"wall": wall, "rss": peak["rss"], "disk": peak["disk"]}
+
+
+# --- contenders -----------------------------------------------------------------
+
+class Contender:
+    """Something that turns a tree into an archive (or a floor that only streams)"""
+
+    def __init__(self, name: str, argv: Callable[[str, str], List[str]], output: str,
+                 setup: Optional[Callable[[str, str], None]] = None, note: str = ""):
+        self.name = name
+        self.argv = argv
+        self.output = output
+        self.setup = setup
+        self.note = note
+
+
+def bash(script: str) -> List[str]:
+    return ["bash", "-o", "pipefail", "-c", script]
+
+
+def ours_options(compression: str) -> Dict[str, Any]:
+    return {"filename": "image.tar", "architecture": "amd64", "compression": compression,
+            "source-epoch": EPOCH, "tag": "bench"}
+
+
+ENGINE_STAGE = {"name": "org.osbuild.noop", "options": {"bench": "tree"}}
+
+
+def engine_manifest(compression: str) -> Dict[str, Any]:
+    return {"pipeline": {"stages": [ENGINE_STAGE],
+                         "assembler": {"name": "org.osbuild.oci-archive", "options": ours_options(compression)}}}
+
+
+def engine_setup(tree: str, workdir: str) -> None:
+    """Seed the store with the tree as the output of the manifest's stage"""
+    from osbuild.formats import v1  # pylint: disable=import-outside-toplevel
+    from osbuild.meta import Index  # pylint: disable=import-outside-toplevel
+    manifest = v1.load(engine_manifest("gzip"), Index(REPO), lambda: "org.osbuild.linux")
+    store = ObjectStore(os.path.join(workdir, "store"))
+    if not store.contains(manifest.pipeline.tree_id):
+        store.commit(tree, manifest.pipeline.tree_id)
+    # drop earlier outputs so that the assembler runs every time
+    for ref in os.listdir(store.refs):
+        if ref != manifest.pipeline.tree_id:
+            target = store.resolve(ref)
+            os.unlink(os.path.join(store.refs, ref))
+            if target:
+                shutil.rmtree(target)
+    with open(os.path.join(workdir, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(engine_manifest("gzip"), f)
+
+
+def contenders(have_umoci: bool, have_buildah: bool) -> List[Contender]:
+    python = sys.executable
+    env_python = [python]
+    items = [
+        Contender("ours: osbuild + oci-archive (gzip)",
+                  lambda tree, work: [*env_python, "-m", "osbuild", "--libdir", REPO, "--store", "store",
+                                      "--output-directory", "out", "manifest.json"],
+                  "out/image.tar", setup=engine_setup, note="whole build through the engine, tree from the store"),
+        Contender("ours: assembler alone (gzip)",
+                  lambda tree, work: [python, os.path.join(HERE, "assemble.py"), tree, ".",
+                                      json.dumps(ours_options("gzip"))], "image.tar"),
+        Contender("ours: assembler alone (zstd)",
+                  lambda tree, work: [python, os.path.join(HERE, "assemble.py"), tree, ".",
+                                      json.dumps(ours_options("zstd"))], "image.tar"),
+        Contender("ours: assembler alone (none)",
+                  lambda tree, work: [python, os.path.join(HERE, "assemble.py"), tree, ".",
+                                      json.dumps(ours_options("none"))], "image.tar"),
+        Contender("2021 algorithm (tar, sha256sum, gzip, sha256sum, tar)",
+                  lambda tree, work: [python, os.path.join(HERE, "legacy2021.py"), tree, ".", "image.tar"],
+                  "image.tar"),
+        Contender("floor: tar | pigz",
+                  lambda tree, work: bash(f"{TAR} -C '{tree}' . | pigz -p{NPROC} -n -6 > layer.gz"), "layer.gz"),
+        Contender("floor: tar | tee(sha256) | pigz | tee(sha256)",
+                  lambda tree, work: bash(f"{TAR} -C '{tree}' . | tee >(sha256sum > diff_id) | pigz -p{NPROC} -n -6 "
+                                          "| tee >(sha256sum > digest) > layer.gz"), "layer.gz"),
+        Contender("floor: tar | zstd -T0",
+                  lambda tree, work: bash(f"{TAR} -C '{tree}' . | zstd -q -T0 -3 > layer.zst"), "layer.zst"),
+        Contender("floor: tar > /dev/null (reading the tree)",
+                  lambda tree, work: bash(f"{TAR} -C '{tree}' . | cat > /dev/null"), ""),
+    ]
+    if have_umoci:
+        items.append(Contender(
+            "umoci (init, new, insert, tar)",
+            lambda tree, work: bash(f"umoci init --layout L && umoci new --image L:bench && "
+                                    f"umoci insert --image L:bench '{tree}' / && tar -cf image.tar -C L ."),
+            "image.tar"))
+    if have_buildah:
+        storage = "--storage-driver vfs --root bh/root --runroot bh/run"
+        items.append(Contender(
+            "buildah (from, copy, commit, push)",
+            lambda tree, work: bash(f"c=$(buildah {storage} from scratch) && buildah {storage} copy --quiet $c "
+                                    f"'{tree}' / && buildah {storage} commit --quiet $c bench >/dev/null && "
+                                    f"buildah {storage} push --quiet bench oci-archive:image.tar:bench"),
+            "image.tar"))
+    return items
+
+
+SINGLE_PASS = "floor: tar | tee(sha256) | pigz | tee(sha256)"
+BASELINE = "2021 algorithm (tar, sha256sum, gzip, sha256sum, tar)"
+
+
+def run_tree(name: str, tree: str, scratch: str, runs: int, items: List[Contender]) -> Dict[str, Any]:
+    size = tree_size(tree)
+    log(f"bench: tree {name}: {size / MiB:.0f} MiB, {len(items)} contenders x {runs} runs")
+    samples: Dict[str, List[Dict[str, float]]] = {c.name: [] for c in items}
+    outputs: Dict[str, int] = {}
+    for run in range(runs):
+        order = items if run % 2 == 0 else list(reversed(items))
+        for contender in order:
+            work = os.path.join(scratch, "work", name, str(items.index(contender)))
+            if contender.setup is None:
+                shutil.rmtree(work, ignore_errors=True)
+            os.makedirs(work, exist_ok=True)
+            if contender.setup:
+                contender.setup(tree, work)
+                shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
+            result = measure(contender.argv(tree, work), work)
+            if contender.output:
+                outputs[contender.name] = os.path.getsize(os.path.join(work, contender.output))
+                result["disk"] = max(0, result["disk"] - outputs[contender.name])
+            samples[contender.name].append(result)
+            log(f"  {contender.name}: {result['wall']:.2f} s")
+            if contender.setup is None:
+                shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(os.path.join(scratch, "work", name), ignore_errors=True)
+    rows = []
+    floor = statistics.median(s["wall"] for s in samples[SINGLE_PASS])
+    baseline = statistics.median(s["wall"] for s in samples[BASELINE])
+    for contender in items:
+        walls = [s["wall"] for s in samples[contender.name]]
+        median = statistics.median(walls)
+        rows.append({
+            "name": contender.name,
+            "median_s": round(median, 3),
+            "min_s": round(min(walls), 3),
+            "vs_single_pass_floor": round(median / floor, 3),
+            "vs_2021": round(median / baseline, 3),
+            "speedup_vs_2021": round(baseline / median, 2),
+            "peak_rss_mib": round(max(s["rss"] for s in samples[contender.name]) / MiB, 1),
+            "output_bytes": outputs.get(contender.name),
+            "peak_extra_disk_mib": round(max(s["disk"] for s in samples[contender.name]) / MiB, 1),
+            "note": contender.note,
+        })
+    return {"tree": name, "path": tree, "bytes": size, "runs": runs, "rows": rows}
+
+
+def engine_overhead(scratch: str, runs: int) -> Dict[str, float]:
+    """A no-op manifest end to end, and a rebuild whose output is stored"""
+    work = os.path.join(scratch, "work", "engine")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    argv = [sys.executable, "-m", "osbuild", "--libdir", REPO, "--store", "store", "--output-directory", "out",
+            os.path.join(REPO, "samples", "noop.json")]
+    fresh, stored = [], []
+    for _ in range(runs):
+        shutil.rmtree(os.path.join(work, "store"), ignore_errors=True)
+        fresh.append(measure(argv, work)["wall"])
+        stored.append(measure(argv, work)["wall"])
+    shutil.rmtree(work, ignore_errors=True)
+    return {"noop_build_s": round(statistics.median(fresh), 3), "stored_rebuild_s": round(statistics.median(stored), 3)}
+
+
+# --- reporting ------------------------------------------------------------------
+
+def markdown(results: Dict[str, Any]) -> str:
+    lines = [f"# oci-archive benchmark, {results['date']}", "",
+             f"Machine: {results['machine']}; {results['cpus']} CPUs; runs per contender: "
+             f"{results['trees'][0]['runs'] if results['trees'] else 0} (median, alternating order).", ""]
+    for tree in results["trees"]:
+        lines += [f"## Tree `{tree['tree']}`: {tree['bytes'] / MiB:.0f} MiB", "",
+                  "| contender | median s | min s | × single-pass floor | × 2021 | speed-up vs 2021 | "
+                  "peak RSS MiB | output MiB | peak extra disk MiB |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in tree["rows"]:
+            out = f"{row['output_bytes'] / MiB:.1f}" if row["output_bytes"] is not None else "-"
+            name = row["name"].replace("|", "\\|")
+            lines.append(f"| {name} | {row['median_s']:.2f} | {row['min_s']:.2f} | "
+                         f"{row['vs_single_pass_floor']:.2f} | {row['vs_2021']:.2f} | {row['speedup_vs_2021']:.2f} | "
+                         f"{row['peak_rss_mib']:.0f} | {out} | {row['peak_extra_disk_mib']:.0f} |")
+        lines.append("")
+    engine = results["engine"]
+    lines += ["## Engine", "", f"- no-op manifest, fresh store: {engine['noop_build_s']:.2f} s",
+              f"- rebuild served from the store: {engine['stored_rebuild_s']:.2f} s", ""]
+    return "\n".join(lines)
+
+
+def chart(results: Dict[str, Any], path: str) -> bool:
+    try:
+        import matplotlib  # pylint: disable=import-outside-toplevel
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        log("bench: matplotlib is not installed, no chart (pip install matplotlib)")
+        return False
+    trees = results["trees"]
+    fig, axes = plt.subplots(len(trees), 1, figsize=(11, 1.2 + 0.45 * len(trees[0]["rows"]) * len(trees)),
+                             squeeze=False)
+    for ax, tree in zip(axes[:, 0], trees):
+        rows = tree["rows"]
+        names = [r["name"] for r in rows]
+        values = [r["vs_single_pass_floor"] for r in rows]
+        colors = ["tab:green" if n.startswith("ours") else "tab:gray" if n.startswith("floor")
+                  else "tab:red" if n.startswith("2021") else "tab:blue" for n in names]
+        ax.barh(names, values, color=colors)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.invert_yaxis()
+        ax.set_title(f"tree {tree['tree']} ({tree['bytes'] / MiB:.0f} MiB): wall time / single-pass gzip floor "
+                     "(lower is faster)")
+        for i, value in enumerate(values):
+            ax.text(value, i, f" {value:.2f}", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny tree, one run: a smoke test")
+    parser.add_argument("--tree", metavar="DIR", help="benchmark this tree instead")
+    parser.add_argument("--trees", default="small,usr,large", help="which generated trees (small,usr,large)")
+    parser.add_argument("--runs", type=int, default=None, help="runs per contender (default 3, quick 1)")
+    parser.add_argument("--usr-limit", type=int, default=800, help="MiB of /usr to copy for the usr tree")
+    parser.add_argument("--output", default="bench-results", help="folder for results.md/json, ratios.png")
+    parser.add_argument("--scratch", default="/var/tmp/osbuild-bench", help="trees and work folders")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        log("bench: run as root (the engine runs stages under bubblewrap, trees keep owners)")
+        return 1
+    runs = args.runs or (1 if args.quick else 3)
+    os.makedirs(args.scratch, exist_ok=True)
+    if args.tree:
+        trees = {os.path.basename(os.path.abspath(args.tree)): os.path.abspath(args.tree)}
+    elif args.quick:
+        trees = prepare_trees(args.scratch, ["tiny"], 0, True)
+    else:
+        trees = prepare_trees(args.scratch, args.trees.split(","), args.usr_limit * MiB, False)
+    items = contenders(shutil.which("umoci") is not None, shutil.which("buildah") is not None)
+    results: Dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": f"{platform.machine()} {platform.platform()}",
+        "cpus": NPROC,
+        "trees": [run_tree(name, path, args.scratch, runs, items) for name, path in trees.items()],
+        "engine": engine_overhead(args.scratch, runs),
+    }
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    text = markdown(results)
+    with open(os.path.join(args.output, "results.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    chart(results, os.path.join(args.output, "ratios.png"))
+    print(text)
+    log(f"bench: results in {args.output}/ (trees cached in {args.scratch}/trees)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
