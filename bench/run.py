@@ -86,7 +86,9 @@ def make_usr(path: str, limit: int) -> None:
     total = 0
     for dirpath, dirnames, filenames in os.walk("/usr"):
         dirnames.sort()
-        for name in sorted(filenames):
+        selected.append(os.path.relpath(dirpath, "/"))
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        for name in sorted(filenames) + links:
             full = os.path.join(dirpath, name)
             try:
                 size = os.lstat(full).st_size
@@ -99,8 +101,8 @@ def make_usr(path: str, limit: int) -> None:
         if total >= limit * 0.98:
             break
     listing = "\0".join(selected).encode()
-    pack = subprocess.Popen(["tar", "--create", "--file=-", "--directory=/", "--null", "--files-from=-",
-                             "--no-recursion"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    pack = subprocess.Popen(["tar", "--create", "--file=-", "--directory=/", "--no-recursion", "--null",
+                             "--files-from=-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     unpack = subprocess.Popen(["tar", "--extract", "--file=-", f"--directory={path}"], stdin=pack.stdout)
     assert pack.stdin and pack.stdout
     pack.stdout.close()
@@ -202,6 +204,7 @@ def measure(argv: List[str], workdir: str, env: Optional[Dict[str, str]] = None)
     disk_before = used_disk(workdir)
     peak = {"rss": 0, "disk": 0}
     start = time.monotonic()
+    env = env or dict(os.environ, PYTHONPATH=REPO)  # this checkout's osbuild, not an installed one
     proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stop = threading.Event()
 

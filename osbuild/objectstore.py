@@ -205,8 +205,8 @@ class ObjectStore:
 class StoreServer(jsoncomm.Service):
     """The store API for input modules: read-tree and mkdtemp"""
 
-    def __init__(self, store: ObjectStore, workdir: str):
-        super().__init__(os.path.join(workdir, "store-api"))
+    def __init__(self, store: ObjectStore, workdir: str, socket_dir: str):
+        super().__init__(os.path.join(socket_dir, "store-api"))
         self.store = store
         self.workdir = workdir
 

@@ -6,11 +6,13 @@ pipeline's tree id is that of its last stage, its output id that of its
 assembler (which is a stage too, with the tree as its `tree` input).
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from . import api
 from .buildroot import BuildRoot
@@ -49,7 +51,7 @@ class Stage:
         self.inputs[key] = inp
         return inp
 
-    def run(self, tree: str, buildroot: BuildRoot, store_api: str, workdir: str,
+    def run(self, tree: str, buildroot: BuildRoot, store_api: str, socket_dir: str,
             monitor: BaseMonitor) -> Dict[str, Any]:
         """Run the stage on `tree` in `buildroot`; returns its result"""
         inputs: Dict[str, Any] = {}
@@ -66,7 +68,7 @@ class Stage:
             "sources": "/run/osbuild/sources",
             "meta": {"id": self.id},
         }
-        with api.API(args, tmpdir=workdir) as server:
+        with api.API(args, tmpdir=socket_dir) as server:
             status, output = buildroot.run(
                 self.info.path,
                 binds=[(tree, "/run/osbuild/tree"), (server.socket_dir, "/run/osbuild/api")],
@@ -128,17 +130,19 @@ class Pipeline:
 class Context:
     """What every pipeline of one build shares"""
 
-    def __init__(self, store: ObjectStore, monitor: BaseMonitor, libdir: str, workdir: str, store_api: str):
+    def __init__(self, store: ObjectStore, monitor: BaseMonitor, libdir: str, workdir: str, store_api: str,
+                 socket_dir: str):
         self.store = store
         self.monitor = monitor
         self.libdir = libdir
         self.workdir = workdir
         self.store_api = store_api
+        self.socket_dir = socket_dir
 
 
 def _run_stage(stage: Stage, tree: str, buildroot: BuildRoot, ctx: Context) -> Dict[str, Any]:
     ctx.monitor.stage(stage.name, stage.id)
-    result = stage.run(tree, buildroot, ctx.store_api, ctx.workdir, ctx.monitor)
+    result = stage.run(tree, buildroot, ctx.store_api, ctx.socket_dir, ctx.monitor)
     ctx.monitor.result(result)
     return result
 
@@ -201,6 +205,16 @@ def build_pipeline(pipeline: Pipeline, ctx: Context) -> Dict[str, Any]:
     return result
 
 
+@contextlib.contextmanager
+def runtime_dir() -> Iterator[str]:
+    base = "/run" if os.access("/run", os.W_OK) else None
+    path = tempfile.mkdtemp(prefix="osbuild-", dir=base)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class Manifest:
     """A pipeline (with its build pipelines) and its sources"""
 
@@ -231,9 +245,11 @@ class Manifest:
               output_directory: Optional[str] = None,
               on_built: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
         """Build the manifest into `store`; export the output if asked"""
-        with store.tempdir(prefix="build-") as workdir:
-            with StoreServer(store, workdir) as server:
-                ctx = Context(store, monitor, libdir, workdir, server.path)
+        # sockets live in a short private directory: a Unix socket path has
+        # at most 107 bytes, the store may be anywhere
+        with store.tempdir(prefix="build-") as workdir, runtime_dir() as socket_dir:
+            with StoreServer(store, workdir, socket_dir) as server:
+                ctx = Context(store, monitor, libdir, workdir, server.path, socket_dir)
                 result = build_pipeline(self.pipeline, ctx)
         if on_built:
             on_built(result)

@@ -93,7 +93,7 @@ def test_store_api(tmp_path):
     store = ObjectStore(tmp_path / "store")
     path = store.commit(make(tmp_path / "t", {"f": "x"}), "tree")
     with store.tempdir() as work:
-        with StoreServer(store, work) as server:
+        with StoreServer(store, work, work) as server:
             client = StoreClient(server.path)
             assert client.read_tree("tree") == path
             assert client.read_tree("missing") is None

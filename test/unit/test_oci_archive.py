@@ -1,5 +1,6 @@
 """org.osbuild.oci-archive without a sandbox: options, documents, the archive"""
 
+import gzip
 import json
 import os
 import shutil
@@ -156,18 +157,56 @@ def test_layer_tar_argv_is_reproducible_and_filters_xattrs(oci_archive):
     assert not any(a.startswith("--mtime") for a in oci_archive.layer_tar_argv("/tree", None))
 
 
-def test_compressor_argv(oci_archive):
-    have = {"pigz", "gzip", "zstd"}.__contains__
-    assert oci_archive.compressor_argv("gzip", None, have)[:2] == ["pigz", "--no-name"]
-    assert oci_archive.compressor_argv("gzip", 1, lambda n: n == "gzip") == ["gzip", "--no-name", "--stdout", "-1"]
-    assert oci_archive.compressor_argv("zstd", None, have)[:1] == ["zstd"]
-    assert oci_archive.compressor_argv("none", None, have) is None
+def test_compressor_choice(oci_archive):
+    def have(*names):
+        return lambda name: name in names
+
+    chosen = oci_archive.compressor("gzip", None, have("libdeflate-gzip", "pigz", "gzip"))
+    assert (chosen.argv, chosen.chunked) == (["libdeflate-gzip", "-c", "-6"], True)
+    chosen = oci_archive.compressor("gzip", 4, have("pigz", "gzip"))
+    assert (chosen.argv, chosen.chunked) == (["pigz", "--no-name", "--stdout", "-4"], False)
+    assert oci_archive.compressor("gzip", 1, have("gzip")).argv == ["gzip", "--no-name", "--stdout", "-1"]
+    assert oci_archive.compressor("zstd", None, have("zstd")).argv[:1] == ["zstd"]
+    assert oci_archive.compressor("none", None, have()) is None
     with pytest.raises(RuntimeError, match="zstd program is not in the build root"):
-        oci_archive.compressor_argv("zstd", None, lambda n: False)
-    with pytest.raises(RuntimeError, match="neither pigz nor gzip"):
-        oci_archive.compressor_argv("gzip", None, lambda n: False)
+        oci_archive.compressor("zstd", None, have())
+    with pytest.raises(RuntimeError, match="none of libdeflate-gzip, pigz or gzip"):
+        oci_archive.compressor("gzip", None, have())
     with pytest.raises(ValueError, match="gzip takes 1-9"):
-        oci_archive.compressor_argv("gzip", 12, have)
+        oci_archive.compressor("gzip", 12, have("pigz"))
+
+
+@pytest.mark.parametrize("program", ["libdeflate-gzip", "pigz", "gzip"])
+def test_every_gzip_compressor_gives_a_valid_layer(oci_archive, spec, tmp_path, monkeypatch, program):
+    if not shutil.which(program):
+        pytest.fail(f"{program} is not installed (tools/setup installs it)")
+    tree = make_tree(str(tmp_path / "tree"))
+    with open(os.path.join(tree, "big"), "wb") as f:  # several chunks, the last one partial
+        for i in range(3 * oci_archive.CHUNK_SIZE // 4096 + 7):
+            f.write(os.urandom(2048) + bytes([i % 256]) * 2048)
+    real_which = shutil.which
+    monkeypatch.setattr(oci_archive.shutil, "which", lambda name: real_which(name) if name == program else None)
+    archive = build(oci_archive, tree, tmp_path / "out")
+    assert archive.config["rootfs"]["diff_ids"] == [sha256(archive.layer_tar)]
+    spec.validate("manifest", archive.manifest)
+    assert "./big" in archive.layer_entries()
+
+
+def test_chunked_output_does_not_depend_on_workers(oci_archive):
+    if not shutil.which("libdeflate-gzip"):
+        pytest.fail("libdeflate-gzip is not installed (tools/setup installs it)")
+    data = b"".join(os.urandom(1000) + b"x" * 3000 for _ in range(2500))
+    outputs = []
+    for workers, piece in [(1, 1 << 20), (3, 12345)]:
+        parts = []
+        chunker = oci_archive.ChunkedCompressor(["libdeflate-gzip", "-c", "-6"], parts.append, workers)
+        for offset in range(0, len(data), piece):
+            chunker.feed(data[offset:offset + piece])
+        chunker.finish()
+        chunker.close()
+        outputs.append(b"".join(parts))
+    assert outputs[0] == outputs[1]
+    assert gzip.decompress(outputs[0]) == data
 
 
 @pytest.mark.parametrize("size", [0, 1, 2**33 - 1, 2**33, 2**40])
@@ -333,7 +372,8 @@ def test_failure_leaves_nothing(oci_archive, tmp_path):
 def test_missing_compressor_is_named_and_leaves_nothing(oci_archive, tree, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setattr(oci_archive.shutil, "which", lambda name: None if name == "zstd" else shutil.which(name))
+    real_which = shutil.which
+    monkeypatch.setattr(oci_archive.shutil, "which", lambda name: None if name == "zstd" else real_which(name))
     with pytest.raises(RuntimeError, match="zstd"):
         oci_archive.main(str(out), {"tree": {"path": tree}}, dict(ARCH, compression="zstd"))
     assert os.listdir(out) == []
@@ -342,11 +382,22 @@ def test_missing_compressor_is_named_and_leaves_nothing(oci_archive, tree, tmp_p
 def test_dying_compressor_fails_the_build(oci_archive, tree, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setattr(oci_archive, "compressor_argv", lambda *a: ["sh", "-c", "head -c 10 >/dev/null; exit 3"])
+    monkeypatch.setattr(oci_archive, "compressor",
+                        lambda *a: oci_archive.Compressor(["sh", "-c", "head -c 10 >/dev/null; exit 3"]))
     big = os.path.join(tree, "big")
     with open(big, "wb") as f:
         f.write(os.urandom(4 * 1024 * 1024))
     with pytest.raises((RuntimeError, BrokenPipeError)):
+        oci_archive.main(str(out), {"tree": {"path": tree}}, dict(ARCH))
+    assert os.listdir(out) == []
+
+
+def test_dying_chunked_compressor_fails_the_build(oci_archive, tree, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(oci_archive, "compressor",
+                        lambda *a: oci_archive.Compressor(["sh", "-c", "cat >/dev/null; exit 4"], chunked=True))
+    with pytest.raises(RuntimeError, match="sh exited with status 4"):
         oci_archive.main(str(out), {"tree": {"path": tree}}, dict(ARCH))
     assert os.listdir(out) == []
 
