@@ -27,11 +27,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
+# this checkout's osbuild, whatever is installed
+from osbuild.formats import v1  # noqa: E402  pylint: disable=wrong-import-position
+from osbuild.meta import Index  # noqa: E402  pylint: disable=wrong-import-position
 from osbuild.objectstore import ObjectStore  # noqa: E402  pylint: disable=wrong-import-position
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 NPROC = os.cpu_count() or 1
-MiB = 1024 * 1024
+MIB = 1024 * 1024
 EPOCH = 1700000000
 
 # the layer tar of org.osbuild.oci-archive, used by the floors as well
@@ -68,16 +71,16 @@ def make_small(path: str) -> None:
         with open(os.path.join(folder, f"file{i:05d}.txt"), "wb") as f:
             f.write(words(i, 1024 + (i * 7919) % 12000))
     os.makedirs(os.path.join(path, "bin"))
-    budget = 8 * MiB
+    budget = 8 * MIB
     for name in sorted(os.listdir("/usr/bin")):
         source = os.path.join("/usr/bin", name)
-        if os.path.isfile(source) and not os.path.islink(source) and os.path.getsize(source) < 4 * MiB:
+        if os.path.isfile(source) and not os.path.islink(source) and os.path.getsize(source) < 4 * MIB:
             shutil.copy2(source, os.path.join(path, "bin", name))
             budget -= os.path.getsize(source)
             if budget <= 0:
                 break
     with open(os.path.join(path, "bin", "random.bin"), "wb") as f:
-        f.write(os.urandom(2 * MiB))
+        f.write(os.urandom(2 * MIB))
 
 
 def make_usr(path: str, limit: int) -> None:
@@ -101,15 +104,15 @@ def make_usr(path: str, limit: int) -> None:
         if total >= limit * 0.98:
             break
     listing = "\0".join(selected).encode()
-    pack = subprocess.Popen(["tar", "--create", "--file=-", "--directory=/", "--no-recursion", "--null",
-                             "--files-from=-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    unpack = subprocess.Popen(["tar", "--extract", "--file=-", f"--directory={path}"], stdin=pack.stdout)
-    assert pack.stdin and pack.stdout
-    pack.stdout.close()
-    pack.stdin.write(listing)
-    pack.stdin.close()
-    if pack.wait() not in (0, 1) or unpack.wait() != 0:
-        raise RuntimeError("copying /usr failed")
+    with subprocess.Popen(["tar", "--create", "--file=-", "--directory=/", "--no-recursion", "--null",
+                           "--files-from=-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as pack:
+        with subprocess.Popen(["tar", "--extract", "--file=-", f"--directory={path}"], stdin=pack.stdout) as unpack:
+            assert pack.stdin and pack.stdout
+            pack.stdout.close()
+            pack.stdin.write(listing)
+            pack.stdin.close()
+            if pack.wait() not in (0, 1) or unpack.wait() != 0:
+                raise RuntimeError("copying /usr failed")
 
 
 def make_large(path: str, usr: str) -> None:
@@ -119,16 +122,16 @@ def make_large(path: str, usr: str) -> None:
     os.makedirs(data)
     with open(os.path.join(data, "random.bin"), "wb") as f:
         for _ in range(200):
-            f.write(os.urandom(MiB))
+            f.write(os.urandom(MIB))
     with open(os.path.join(data, "text.log"), "wb") as f:
         for i in range(250):
-            f.write(words(i, MiB))
+            f.write(words(i, MIB))
     with open(os.path.join(data, "mixed.img"), "wb") as f:
         for i in range(150):
-            f.write(os.urandom(MiB // 2) + words(i, MiB // 2))
+            f.write(os.urandom(MIB // 2) + words(i, MIB // 2))
     with open(os.path.join(data, "zeros.img"), "wb") as f:
         for _ in range(100):
-            f.write(b"\0" * MiB)
+            f.write(b"\0" * MIB)
 
 
 def tree_size(path: str) -> int:
@@ -163,7 +166,8 @@ def prepare_trees(scratch: str, names: List[str], usr_limit: int, quick: bool) -
                 make_usr(path, usr_limit)
             elif name == "large":
                 make_large(path, prepare_trees(scratch, ["usr"], usr_limit, quick)["usr"])
-            open(done, "w", encoding="utf-8").close()
+            with open(done, "w", encoding="utf-8"):
+                pass
         trees[name] = path
     return trees
 
@@ -205,7 +209,8 @@ def measure(argv: List[str], workdir: str, env: Optional[Dict[str, str]] = None)
     peak = {"rss": 0, "disk": 0}
     start = time.monotonic()
     env = env or dict(os.environ, PYTHONPATH=REPO)  # this checkout's osbuild, not an installed one
-    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(  # pylint: disable=consider-using-with  # waited for by communicate()
+        argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stop = threading.Event()
 
     def sample() -> None:
@@ -260,8 +265,6 @@ def engine_manifest(compression: str) -> Dict[str, Any]:
 
 def engine_setup(tree: str, workdir: str) -> None:
     """Seed the store with the tree as the output of the manifest's stage"""
-    from osbuild.formats import v1  # pylint: disable=import-outside-toplevel
-    from osbuild.meta import Index  # pylint: disable=import-outside-toplevel
     manifest = v1.load(engine_manifest("gzip"), Index(REPO), lambda: "org.osbuild.linux")
     store = ObjectStore(os.path.join(workdir, "store"))
     if not store.contains(manifest.pipeline.tree_id):
@@ -330,7 +333,7 @@ BASELINE = "2021 algorithm (tar, sha256sum, gzip, sha256sum, tar)"
 
 def run_tree(name: str, tree: str, scratch: str, runs: int, items: List[Contender]) -> Dict[str, Any]:
     size = tree_size(tree)
-    log(f"bench: tree {name}: {size / MiB:.0f} MiB, {len(items)} contenders x {runs} runs")
+    log(f"bench: tree {name}: {size / MIB:.0f} MiB, {len(items)} contenders x {runs} runs")
     samples: Dict[str, List[Dict[str, float]]] = {c.name: [] for c in items}
     outputs: Dict[str, int] = {}
     for run in range(runs):
@@ -365,9 +368,9 @@ def run_tree(name: str, tree: str, scratch: str, runs: int, items: List[Contende
             "vs_single_pass_floor": round(median / floor, 3),
             "vs_2021": round(median / baseline, 3),
             "speedup_vs_2021": round(baseline / median, 2),
-            "peak_rss_mib": round(max(s["rss"] for s in samples[contender.name]) / MiB, 1),
+            "peak_rss_mib": round(max(s["rss"] for s in samples[contender.name]) / MIB, 1),
             "output_bytes": outputs.get(contender.name),
-            "peak_extra_disk_mib": round(max(s["disk"] for s in samples[contender.name]) / MiB, 1),
+            "peak_extra_disk_mib": round(max(s["disk"] for s in samples[contender.name]) / MIB, 1),
             "note": contender.note,
         })
     return {"tree": name, "path": tree, "bytes": size, "runs": runs, "rows": rows}
@@ -396,12 +399,12 @@ def markdown(results: Dict[str, Any]) -> str:
              f"Machine: {results['machine']}; {results['cpus']} CPUs; runs per contender: "
              f"{results['trees'][0]['runs'] if results['trees'] else 0} (median, alternating order).", ""]
     for tree in results["trees"]:
-        lines += [f"## Tree `{tree['tree']}`: {tree['bytes'] / MiB:.0f} MiB", "",
+        lines += [f"## Tree `{tree['tree']}`: {tree['bytes'] / MIB:.0f} MiB", "",
                   "| contender | median s | min s | × single-pass floor | × 2021 | speed-up vs 2021 | "
                   "peak RSS MiB | output MiB | peak extra disk MiB |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for row in tree["rows"]:
-            out = f"{row['output_bytes'] / MiB:.1f}" if row["output_bytes"] is not None else "-"
+            out = f"{row['output_bytes'] / MIB:.1f}" if row["output_bytes"] is not None else "-"
             name = row["name"].replace("|", "\\|")
             lines.append(f"| {name} | {row['median_s']:.2f} | {row['min_s']:.2f} | "
                          f"{row['vs_single_pass_floor']:.2f} | {row['vs_2021']:.2f} | {row['speedup_vs_2021']:.2f} | "
@@ -415,9 +418,10 @@ def markdown(results: Dict[str, Any]) -> str:
 
 def chart(results: Dict[str, Any], path: str) -> bool:
     try:
-        import matplotlib  # pylint: disable=import-outside-toplevel
+        # optional: the chart is skipped without it
+        import matplotlib  # noqa: PLC0415  pylint: disable=import-outside-toplevel
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+        import matplotlib.pyplot as plt  # noqa: PLC0415  pylint: disable=import-outside-toplevel
     except ImportError:
         log("bench: matplotlib is not installed, no chart (pip install matplotlib)")
         return False
@@ -433,7 +437,7 @@ def chart(results: Dict[str, Any], path: str) -> bool:
         ax.barh(names, values, color=colors)
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.invert_yaxis()
-        ax.set_title(f"tree {tree['tree']} ({tree['bytes'] / MiB:.0f} MiB): wall time / single-pass gzip floor "
+        ax.set_title(f"tree {tree['tree']} ({tree['bytes'] / MIB:.0f} MiB): wall time / single-pass gzip floor "
                      "(lower is faster)")
         for i, value in enumerate(values):
             ax.text(value, i, f" {value:.2f}", va="center", fontsize=8)
@@ -444,12 +448,12 @@ def chart(results: Dict[str, Any], path: str) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--quick", action="store_true", help="tiny tree, one run: a smoke test")
     parser.add_argument("--tree", metavar="DIR", help="benchmark this tree instead")
     parser.add_argument("--trees", default="small,usr,large", help="which generated trees (small,usr,large)")
     parser.add_argument("--runs", type=int, default=None, help="runs per contender (default 3, quick 1)")
-    parser.add_argument("--usr-limit", type=int, default=800, help="MiB of /usr to copy for the usr tree")
+    parser.add_argument("--usr-limit", type=int, default=800, help="MIB of /usr to copy for the usr tree")
     parser.add_argument("--output", default="bench-results", help="folder for results.md/json, ratios.png")
     parser.add_argument("--scratch", default="/var/tmp/osbuild-bench", help="trees and work folders")
     args = parser.parse_args()
@@ -463,7 +467,7 @@ def main() -> int:
     elif args.quick:
         trees = prepare_trees(args.scratch, ["tiny"], 0, True)
     else:
-        trees = prepare_trees(args.scratch, args.trees.split(","), args.usr_limit * MiB, False)
+        trees = prepare_trees(args.scratch, args.trees.split(","), args.usr_limit * MIB, False)
     items = contenders(shutil.which("umoci") is not None, shutil.which("buildah") is not None)
     results: Dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

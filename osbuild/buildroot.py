@@ -55,6 +55,8 @@ class BuildRoot:
         self.root = os.fspath(root)
         self.runner = runner
         self.libdir = os.path.abspath(os.fspath(libdir))
+        if os.geteuid() != 0:
+            raise SandboxError("building needs root: stages own files, make device nodes and set capabilities")
         if not shutil.which("bwrap"):
             raise SandboxError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
         if not os.path.isfile(os.path.join(self.libdir, "runners", runner)):

@@ -11,8 +11,9 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
-from typing import Any, Dict, List, NoReturn, Optional, TextIO
+from typing import Any, Dict, List, NoReturn, Optional, TextIO, Union
 
 from . import __version__
 from .buildroot import SandboxError
@@ -21,7 +22,7 @@ from .inputs import InputError
 from .meta import Index, ModuleError, host_os_release
 from .monitor import BaseMonitor, LogMonitor
 from .objectstore import ObjectStore
-from .pipeline import BuildError
+from .pipeline import BuildError, Manifest
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -78,23 +79,8 @@ def read_manifest(path: str) -> Any:
         raise ValueError(f"{name}: not valid JSON: {e}") from e
 
 
-def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
-    raise KeyboardInterrupt
-
-
-def osbuild_cli(argv: Optional[List[str]] = None) -> int:
-    args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    out: TextIO = sys.stdout
-    libdir = os.path.abspath(args.libdir) if args.libdir else default_libdir()
-    if not os.path.isdir(libdir):
-        return _fail(f"libdir {libdir}: no such directory")
-
-    try:
-        description = read_manifest(args.manifest_path)
-    except ValueError as e:
-        return _fail(str(e))
-
-    index = Index(libdir)
+def load_manifest(args: argparse.Namespace, description: Any, index: Index, out: TextIO) -> Union[Manifest, int]:
+    """The Manifest, or the exit status after reporting every problem"""
     result = v1.validate(description, index)
     if not result.valid:
         if args.json:
@@ -110,9 +96,30 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:
         return index.detect_runner(release.get("ID", "linux"), release.get("VERSION_ID", ""))
 
     try:
-        manifest = v1.load(description, index, host_runner)
+        return v1.load(description, index, host_runner)
     except ModuleError as e:
         return _fail(str(e))
+
+
+def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one return per documented outcome
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    out: TextIO = sys.stdout
+    libdir = os.path.abspath(args.libdir) if args.libdir else default_libdir()
+    if not os.path.isdir(libdir):
+        return _fail(f"libdir {libdir}: no such directory")
+
+    try:
+        description = read_manifest(args.manifest_path)
+    except ValueError as e:
+        return _fail(str(e))
+
+    manifest = load_manifest(args, description, Index(libdir), out)
+    if isinstance(manifest, int):
+        return manifest
 
     if args.inspect:
         json.dump(v1.describe(manifest, with_id=True), out, indent=2)
@@ -137,11 +144,17 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("\nosbuild: interrupted, nothing was kept of the unfinished work", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (BuildError, SandboxError, InputError, OSError) as e:
+    except (BuildError, SandboxError, InputError, OSError, subprocess.CalledProcessError) as e:
         return _fail(f"build failed: {e}", EXIT_FAILED)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+    report(args, manifest, res, out)
+    return EXIT_OK if res["success"] else EXIT_FAILED
+
+
+def report(args: argparse.Namespace, manifest: Manifest, res: Dict[str, Any], out: TextIO) -> None:
+    """The result: JSON, or the ids (success) / the failed stage (failure)"""
     if args.json:
         json.dump(v1.output(manifest, res), out)
         out.write("\n")
@@ -157,7 +170,6 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:
         failed = _first_failure(res)
         if failed:
             print(f"osbuild: build failed: {failed['name']} ({failed['id']}): {failed['error']}", file=sys.stderr)
-    return EXIT_OK if res["success"] else EXIT_FAILED
 
 
 def _first_failure(res: Dict[str, Any]) -> Optional[Dict[str, Any]]:

@@ -113,7 +113,7 @@ class ObjectStore:
             os.makedirs(folder, exist_ok=True)
 
     def contains(self, object_id: Optional[str]) -> bool:
-        return bool(object_id) and self.resolve(object_id) is not None
+        return object_id is not None and self.resolve(object_id) is not None
 
     def resolve(self, object_id: str) -> Optional[str]:
         """The path of the object that `refs/<object_id>` names, or None"""

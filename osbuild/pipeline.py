@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 from . import api
 from .buildroot import BuildRoot
 from .inputs import Input
-from .meta import Index, ModuleInfo
+from .meta import ModuleInfo
 from .monitor import BaseMonitor
 from .objectstore import ObjectStore, StoreServer
 
@@ -130,7 +130,7 @@ class Pipeline:
 class Context:
     """What every pipeline of one build shares"""
 
-    def __init__(self, store: ObjectStore, monitor: BaseMonitor, libdir: str, workdir: str, store_api: str,
+    def __init__(self, *, store: ObjectStore, monitor: BaseMonitor, libdir: str, workdir: str, store_api: str,
                  socket_dir: str):
         self.store = store
         self.monitor = monitor
@@ -145,6 +145,30 @@ def _run_stage(stage: Stage, tree: str, buildroot: BuildRoot, ctx: Context) -> D
     result = stage.run(tree, buildroot, ctx.store_api, ctx.socket_dir, ctx.monitor)
     ctx.monitor.result(result)
     return result
+
+
+def _build_tree(pipeline: Pipeline, buildroot: BuildRoot, ctx: Context, results: List[Dict[str, Any]]) -> bool:
+    """Run the stages after the last one in the store; commit the tree
+    (and checkpoints). False when a stage failed."""
+    store = ctx.store
+    done = -1
+    for i in range(len(pipeline.stages) - 1, -1, -1):
+        if store.contains(pipeline.stages[i].id):
+            done = i
+            break
+    if done >= 0:
+        ctx.monitor.cached("stage", pipeline.stages[done].id)
+    tree = store.new_tree(ctx.workdir, pipeline.stages[done].id if done >= 0 else None)
+    for stage in pipeline.stages[done + 1:]:
+        stage_result = _run_stage(stage, tree, buildroot, ctx)
+        results.append(stage_result)
+        if not stage_result["success"]:
+            return False
+        if stage is pipeline.stages[-1]:
+            store.commit(tree, stage.id, move=True)
+        elif stage.checkpoint:
+            store.commit(tree, stage.id)
+    return True
 
 
 def build_pipeline(pipeline: Pipeline, ctx: Context) -> Dict[str, Any]:
@@ -173,25 +197,9 @@ def build_pipeline(pipeline: Pipeline, ctx: Context) -> Dict[str, Any]:
     buildroot = BuildRoot(root, pipeline.runner, ctx.libdir)
 
     if pipeline.stages and (not store.contains(pipeline.tree_id) or missing_checkpoints):
-        done = -1
-        for i in range(len(pipeline.stages) - 1, -1, -1):
-            if store.contains(pipeline.stages[i].id):
-                done = i
-                break
-        if done >= 0:
-            ctx.monitor.cached("stage", pipeline.stages[done].id)
-        tree = store.new_tree(ctx.workdir, pipeline.stages[done].id if done >= 0 else None)
-        todo = pipeline.stages[done + 1:]
-        for stage in todo:
-            stage_result = _run_stage(stage, tree, buildroot, ctx)
-            result["stages"].append(stage_result)
-            if not stage_result["success"]:
-                result["success"] = False
-                return result
-            if stage is pipeline.stages[-1]:
-                store.commit(tree, stage.id, move=True)
-            elif stage.checkpoint:
-                store.commit(tree, stage.id)
+        if not _build_tree(pipeline, buildroot, ctx, result["stages"]):
+            result["success"] = False
+            return result
 
     if pipeline.assembler and not store.contains(pipeline.output_id):
         output = tempfile.mkdtemp(prefix="output-", dir=ctx.workdir)
@@ -249,12 +257,11 @@ class Manifest:
         # at most 107 bytes, the store may be anywhere
         with store.tempdir(prefix="build-") as workdir, runtime_dir() as socket_dir:
             with StoreServer(store, workdir, socket_dir) as server:
-                ctx = Context(store, monitor, libdir, workdir, server.path, socket_dir)
+                ctx = Context(store=store, monitor=monitor, libdir=libdir, workdir=workdir, store_api=server.path,
+                              socket_dir=socket_dir)
                 result = build_pipeline(self.pipeline, ctx)
         if on_built:
             on_built(result)
         if result["success"] and output_directory and self.pipeline.output_id:
             store.export(self.pipeline.output_id, output_directory)
         return result
-
-

@@ -12,7 +12,8 @@ tree the stages built.
 
 from typing import Any, Callable, Dict, List, Optional
 
-from ..meta import Index, ModuleError, ValidationResult, load_schema, validate as validate_schema
+from ..meta import Index, ModuleError, ValidationResult, load_schema
+from ..meta import validate as validate_schema
 from ..pipeline import Manifest, Pipeline
 
 VERSION = "1"

@@ -10,7 +10,7 @@ import os
 import select
 import socket
 import threading
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 MAX_PACKET = 2 ** 20
 MAX_FDS = 32
@@ -153,20 +153,21 @@ class Service:
 
     def _serve(self) -> None:
         assert self._server is not None
-        clients: List[Socket] = []
+        clients: Dict[int, Socket] = {}
+        server = self._server.fileno()
         try:
             while True:
-                ready, _, _ = select.select([self._stop_r, self._server, *clients], [], [])
+                ready, _, _ = select.select([self._stop_r, server, *clients], [], [])
                 if self._stop_r in ready:
                     return
-                for item in ready:
-                    if item is self._server:
-                        clients.append(self._server.accept())
-                    elif not self._handle(item):
-                        clients.remove(item)
-                        item.close()
+                for fd in ready:
+                    if fd == server:
+                        client = self._server.accept()
+                        clients[client.fileno()] = client
+                    elif not self._handle(clients[fd]):
+                        clients.pop(fd).close()
         finally:
-            for client in clients:
+            for client in clients.values():
                 client.close()
 
     def _handle(self, client: Socket) -> bool:

@@ -1,6 +1,6 @@
 """Type aliases used across the package"""
 
-import os
+import os  # pylint: disable=unused-import  # used in the string annotation below
 from typing import Union
 
 PathLike = Union[str, "os.PathLike[str]"]

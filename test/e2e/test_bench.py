@@ -1,5 +1,6 @@
 """The benchmark's smoke mode runs, so that bench/ cannot rot"""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,12 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.needs_root, pytest.mark.needs_bwrap]
 
 def test_bench_quick(tmp_path):
     require_tools("pigz", "zstd", "umoci", "buildah")
-    try:
-        import matplotlib  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-        have_matplotlib = True
-    except ImportError:
-        have_matplotlib = False
-    require(have_matplotlib, "matplotlib is not installed (the chart needs it)")
+    require(importlib.util.find_spec("matplotlib") is not None, "matplotlib is not installed (the chart needs it)")
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "run.py"), "--quick", "--output", str(out),
                            "--scratch", str(tmp_path / "scratch")], capture_output=True, text=True, check=False,

@@ -15,7 +15,7 @@ import tarfile
 
 import pytest
 
-from test.e2e.conftest import oci, require_tools, run, shell
+from test.e2e.conftest import Runner, oci, require_tools, run, shell
 from test.ocitools import Archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_root, pytest.mark.needs_bwrap, pytest.mark.clients]
@@ -101,7 +101,6 @@ def assert_same_tree(expected_root, actual_root):
 @pytest.fixture(name="image", scope="module")
 def fixture_image(tmp_path_factory, libdir):
     """Build the special tree and its archive once, through the engine"""
-    from test.e2e.conftest import Runner  # pylint: disable=import-outside-toplevel
     require_tools("skopeo", "umoci", "podman")
     osbuild = Runner(tmp_path_factory.mktemp("image"), libdir)
     manifest = {"pipeline": {"stages": [shell(POPULATE)],
@@ -211,7 +210,6 @@ def test_other_compressions_with_clients(image, tmp_path, compression):
 
 def test_same_tree_same_bytes_through_the_engine(image, tmp_path, libdir):
     """A fresh store, another time: with source-epoch the archive is identical"""
-    from test.e2e.conftest import Runner  # pylint: disable=import-outside-toplevel
     other = Runner(tmp_path, libdir)
     manifest = {"pipeline": {"stages": [shell(POPULATE)],
                              "assembler": oci(tag="test", config=CONFIG, **{"source-epoch": 1700000000})}}
