@@ -173,3 +173,47 @@ def test_busybox_sample_builds_a_runnable_tree(osbuild):
     out = subprocess.run([os.path.join(tree, "usr", "bin", "busybox"), "echo", "alive"], capture_output=True,
                          text=True, check=True).stdout
     assert out == "alive\n"
+
+
+def build_root_files():
+    """What a minimal build root needs: python3 with its stdlib, sh, their libraries"""
+    paths = {"/usr/bin/python3", os.path.realpath("/usr/bin/python3"), "/usr/bin/sh", "/usr/bin/dash"}
+    stdlib = os.path.dirname(subprocess.run(["/usr/bin/python3", "-c", "import os; print(os.__file__)"],
+                                            capture_output=True, text=True, check=True).stdout.strip())
+    paths.add(stdlib)
+    binaries = [os.path.realpath("/usr/bin/python3"), "/usr/bin/dash"]
+    dynload = os.path.join(stdlib, "lib-dynload")
+    binaries += [os.path.join(dynload, n) for n in os.listdir(dynload) if n.endswith(".so")]
+    for binary in binaries:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            words = [w for w in line.split() if w.startswith("/")]
+            if words:
+                paths.add(words[0])
+                paths.add(os.path.realpath(words[0]))
+    merged = {"/usr" + p if p.startswith(("/lib/", "/lib64/", "/bin/")) else p for p in paths}
+    return sorted(merged)
+
+
+def test_build_pipeline_tree_is_the_build_root(osbuild):
+    marker = "/usr/share/osbuild-build-root-marker"
+    assert not os.path.exists(marker)
+    build = {"stages": [
+        {"name": "org.osbuild.copy", "options": {"paths": [{"from": p, "to": p} for p in build_root_files()]}},
+        {"name": "org.osbuild.mkdir", "options": {"paths": [{"path": "/usr/share", "exist_ok": True}]}},
+        {"name": "org.osbuild.write", "options": {"files": [{"path": marker, "content": "built\n"}]}},
+    ]}
+    # only shell builtins: the build root has no coreutils
+    check = shell(f"read -r line < {marker}; echo \"$line\" > seen-in-build-root")
+    manifest = {"pipeline": {"build": {"pipeline": build, "runner": "org.osbuild.debian12"},
+                             "stages": [check], "assembler": {"name": "org.osbuild.noop"}}}
+    proc, result = osbuild.json(manifest)
+    assert proc.returncode == 0, proc.stderr
+    assert [s["name"] for s in result["build"]["stages"]] == ["org.osbuild.copy", "org.osbuild.mkdir",
+                                                             "org.osbuild.write"]
+    tree = osbuild.tree({"pipeline": {"build": manifest["pipeline"]["build"], "stages": [check]}})
+    with open(os.path.join(tree, "seen-in-build-root"), encoding="utf-8") as f:
+        assert f.read() == "built\n"
+    # the same stage on the host's build root fails: the marker is not there
+    proc = osbuild({"pipeline": {"stages": [check], "assembler": {"name": "org.osbuild.noop"}}})
+    assert proc.returncode == 1

@@ -221,6 +221,28 @@ def chunked(oci_archive, data, workers, piece, path):
     return output
 
 
+def test_incompressible_detection(oci_archive):
+    size = oci_archive.CHUNK_SIZE
+    random = os.urandom(size)
+    text = (b"the quick brown fox jumps over the lazy dog " * (size // 44 + 1))[:size]
+    half = b"".join(random[i:i + 512 * 1024] + text[i:i + 512 * 1024] for i in range(0, size // 2, 512 * 1024))
+    assert oci_archive.incompressible(random)
+    assert not oci_archive.incompressible(text)
+    assert not oci_archive.incompressible(half), "half text must be compressed"
+    assert not oci_archive.incompressible(random[:1000]), "too small to judge"
+
+
+def test_incompressible_pieces_are_stored(oci_archive, tmp_path):
+    if not shutil.which("libdeflate-gzip"):
+        pytest.fail("libdeflate-gzip is not installed (tools/setup installs it)")
+    size = oci_archive.CHUNK_SIZE
+    data = os.urandom(size) + b"compress me " * (size // 12) + os.urandom(1000)
+    output = chunked(oci_archive, data, 2, 65536, tmp_path / "out")
+    assert gzip.decompress(output) == data
+    assert len(output) < size + size // 4  # the text piece was compressed
+    assert len(output) > size  # the random piece was stored, not lost
+
+
 def test_chunked_output_does_not_depend_on_workers(oci_archive, tmp_path):
     if not shutil.which("libdeflate-gzip"):
         pytest.fail("libdeflate-gzip is not installed (tools/setup installs it)")
