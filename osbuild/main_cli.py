@@ -23,6 +23,7 @@ from .meta import Index, ModuleError, host_os_release
 from .monitor import BaseMonitor, LogMonitor
 from .objectstore import ObjectStore
 from .pipeline import BuildError, Manifest
+from .sources import SourceError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -144,7 +145,7 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
     except KeyboardInterrupt:
         print("\nosbuild: interrupted, nothing was kept of the unfinished work", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (BuildError, SandboxError, InputError, OSError, subprocess.CalledProcessError) as e:
+    except (BuildError, SandboxError, InputError, SourceError, OSError, subprocess.CalledProcessError) as e:
         return _fail(f"build failed: {e}", EXIT_FAILED)
     finally:
         signal.signal(signal.SIGTERM, previous)

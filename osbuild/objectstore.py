@@ -109,7 +109,8 @@ class ObjectStore:
         self.objects = os.path.join(self.path, "objects")
         self.refs = os.path.join(self.path, "refs")
         self.tmp = os.path.join(self.path, "tmp")
-        for folder in (self.objects, self.refs, self.tmp):
+        self.sources = os.path.join(self.path, "sources")
+        for folder in (self.objects, self.refs, self.tmp, self.sources):
             os.makedirs(folder, exist_ok=True)
 
     def contains(self, object_id: Optional[str]) -> bool:

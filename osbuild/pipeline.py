@@ -20,6 +20,7 @@ from .inputs import Input
 from .meta import ModuleInfo
 from .monitor import BaseMonitor
 from .objectstore import ObjectStore, StoreServer
+from .sources import fetch_all
 
 
 class BuildError(Exception):
@@ -52,10 +53,10 @@ class Stage:
         return inp
 
     def run(self, tree: str, buildroot: BuildRoot, store_api: str, socket_dir: str,
-            monitor: BaseMonitor) -> Dict[str, Any]:
+            monitor: BaseMonitor, *, sources_dir: Optional[str] = None) -> Dict[str, Any]:
         """Run the stage on `tree` in `buildroot`; returns its result"""
         inputs: Dict[str, Any] = {}
-        ro_binds = []
+        ro_binds = [(sources_dir, "/run/osbuild/sources")] if sources_dir else []
         for key, inp in self.inputs.items():
             mapped = inp.map(store_api)
             target = f"/run/osbuild/inputs/{key}"
@@ -142,7 +143,8 @@ class Context:
 
 def _run_stage(stage: Stage, tree: str, buildroot: BuildRoot, ctx: Context) -> Dict[str, Any]:
     ctx.monitor.stage(stage.name, stage.id)
-    result = stage.run(tree, buildroot, ctx.store_api, ctx.socket_dir, ctx.monitor)
+    result = stage.run(tree, buildroot, ctx.store_api, ctx.socket_dir, ctx.monitor,
+                       sources_dir=ctx.store.sources)
     ctx.monitor.result(result)
     return result
 
@@ -226,9 +228,11 @@ def runtime_dir() -> Iterator[str]:
 class Manifest:
     """A pipeline (with its build pipelines) and its sources"""
 
-    def __init__(self, pipeline: Pipeline, sources: Optional[Dict[str, Any]] = None):
+    def __init__(self, pipeline: Pipeline, sources: Optional[Dict[str, Any]] = None,
+                 source_infos: Optional[Dict[str, ModuleInfo]] = None):
         self.pipeline = pipeline
         self.sources = sources or {}
+        self.source_infos = source_infos or {}
 
     def pipelines(self) -> List[Pipeline]:
         """All pipelines, build pipelines first"""
@@ -255,6 +259,8 @@ class Manifest:
         """Build the manifest into `store`; export the output if asked"""
         # sockets live in a short private directory: a Unix socket path has
         # at most 107 bytes, the store may be anywhere
+        if self.sources:
+            fetch_all(self.sources, self.source_infos, store.sources, monitor)
         with store.tempdir(prefix="build-") as workdir, runtime_dir() as socket_dir:
             with StoreServer(store, workdir, socket_dir) as server:
                 ctx = Context(store=store, monitor=monitor, libdir=libdir, workdir=workdir, store_api=server.path,

@@ -40,7 +40,9 @@ def load_pipeline(description: Dict[str, Any], index: Index, host_runner: Callab
 def load(description: Dict[str, Any], index: Index, host_runner: Callable[[], str]) -> Manifest:
     """A Manifest from a (validated) v1 description"""
     pipeline = load_pipeline(description.get("pipeline", {}), index, host_runner)
-    return Manifest(pipeline, description.get("sources", {}))
+    sources = description.get("sources", {})
+    infos = {name: index.get_module_info("Source", name) for name in sources}
+    return Manifest(pipeline, sources, infos)
 
 
 def _validate_module(result: ValidationResult, index: Index, klass: str, entry: Dict[str, Any],

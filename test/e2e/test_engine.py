@@ -1,5 +1,6 @@
 """The engine end to end: builds under bubblewrap through the CLI"""
 
+import hashlib
 import json
 import os
 import signal
@@ -217,3 +218,28 @@ def test_build_pipeline_tree_is_the_build_root(osbuild):
     # the same stage on the host's build root fails: the marker is not there
     proc = osbuild({"pipeline": {"stages": [check], "assembler": {"name": "org.osbuild.noop"}}})
     assert proc.returncode == 1
+
+
+def test_files_source_is_fetched_verified_and_visible(osbuild, tmp_path):
+    payload = tmp_path / "payload.txt"
+    payload.write_text("fetched by a source\n")
+    checksum = "sha256:" + hashlib.sha256(payload.read_bytes()).hexdigest()
+    copy = shell(f"cp /run/osbuild/sources/org.osbuild.files/{checksum} fetched.txt")
+    manifest = {"pipeline": {"stages": [copy], "assembler": {"name": "org.osbuild.noop"}},
+                "sources": {"org.osbuild.files": {"urls": {checksum: f"file://{payload}"}}}}
+    proc = osbuild(manifest)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    tree = osbuild.tree({"pipeline": {"stages": [copy]}})
+    with open(os.path.join(tree, "fetched.txt"), encoding="utf-8") as f:
+        assert f.read() == "fetched by a source\n"
+    wrong = "sha256:" + "0" * 64
+    proc = osbuild({"pipeline": {"stages": [copy]},
+                    "sources": {"org.osbuild.files": {"urls": {wrong: f"file://{payload}"}}}})
+    assert proc.returncode == 1
+    assert "checksum mismatch" in proc.stderr
+    assert not os.path.exists(os.path.join(osbuild.store, "sources", "org.osbuild.files", wrong))
+
+
+def test_contract_example_sources_validate(osbuild):
+    proc = osbuild({"pipeline": {"stages": [{"name": "org.osbuild.noop"}]}, "sources": {"org.osbuild.files": {}}})
+    assert proc.returncode == 0, proc.stderr

@@ -8,7 +8,7 @@ import pytest
 from osbuild import meta
 from test.conftest import REPO
 
-MODULES = [(klass, name) for klass in ("Stage", "Assembler", "Input")
+MODULES = [(klass, name) for klass in ("Stage", "Assembler", "Input", "Source")
            for name in meta.Index(REPO).list_modules(klass)]
 
 

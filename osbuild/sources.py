@@ -1,0 +1,43 @@
+"""Sources: host-side programs that fetch what stages read
+
+Each source module of the manifest's `sources` is run on the host with
+`{"options", "cache"}` as JSON on stdin and prints `{}` or `{"error"}`. Its
+cache is `STORE/sources/NAME`; stages see the sources folder read-only at
+/run/osbuild/sources.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Dict
+
+from .meta import ModuleInfo
+from .monitor import BaseMonitor
+
+
+class SourceError(Exception):
+    """A source could not be fetched"""
+
+
+def fetch_all(sources: Dict[str, Any], infos: Dict[str, ModuleInfo], sources_dir: str,
+              monitor: BaseMonitor) -> None:
+    """Run every source of the manifest; raises SourceError on the first failure"""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    for name, options in sorted(sources.items()):
+        info = infos[name]
+        message = {"options": options, "cache": os.path.join(sources_dir, name)}
+        proc = subprocess.run([sys.executable, info.path], input=json.dumps(message), capture_output=True,
+                              text=True, env=env, check=False)
+        if proc.stderr:
+            monitor.log(proc.stderr)
+        try:
+            reply = json.loads(proc.stdout)
+        except ValueError:
+            raise SourceError(f"source {name}: no valid reply (exit status {proc.returncode})") from None
+        if isinstance(reply, dict) and "error" in reply:
+            raise SourceError(f"source {name}: {reply['error']}")
+        if proc.returncode != 0:
+            raise SourceError(f"source {name}: exit status {proc.returncode}")
