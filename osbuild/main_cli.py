@@ -146,6 +146,9 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
         print("\nosbuild: interrupted, nothing was kept of the unfinished work", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (BuildError, SandboxError, InputError, SourceError, OSError, subprocess.CalledProcessError) as e:
+        if args.json:  # stdout still carries one JSON document
+            json.dump({"success": False, "error": f"build failed: {e}"}, out)
+            out.write("\n")
         return _fail(f"build failed: {e}", EXIT_FAILED)
     finally:
         signal.signal(signal.SIGTERM, previous)

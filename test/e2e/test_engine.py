@@ -240,6 +240,14 @@ def test_files_source_is_fetched_verified_and_visible(osbuild, tmp_path):
     assert not os.path.exists(os.path.join(osbuild.store, "sources", "org.osbuild.files", wrong))
 
 
+def test_json_failure_before_any_stage_is_still_json(osbuild):
+    manifest = {"pipeline": {"stages": [shell("true")]},
+                "sources": {"org.osbuild.files": {"urls": {"sha256:" + "1" * 64: "file:///nonexistent"}}}}
+    proc, result = osbuild.json(manifest)
+    assert proc.returncode == 1
+    assert result["success"] is False and "source org.osbuild.files" in result["error"]
+
+
 def test_contract_example_sources_validate(osbuild):
     proc = osbuild({"pipeline": {"stages": [{"name": "org.osbuild.noop"}]}, "sources": {"org.osbuild.files": {}}})
     assert proc.returncode == 0, proc.stderr
