@@ -7,12 +7,11 @@ is bound read-only into the sandbox at /run/osbuild/inputs/KEY.
 """
 
 import json
-import os
 import subprocess
 import sys
 from typing import Any, Dict
 
-from .meta import ModuleInfo
+from .meta import ModuleInfo, host_module_env
 
 
 class InputError(Exception):
@@ -31,11 +30,8 @@ class Input:
     def map(self, store_api: str) -> Dict[str, Any]:
         """Run the input module; returns {"path": host path, "data": {...}}"""
         message = {"options": self.options, "origin": self.origin, "api": {"store": store_api}}
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         proc = subprocess.run([sys.executable, self.info.path], input=json.dumps(message),
-                              capture_output=True, text=True, env=env, check=False)
+                              capture_output=True, text=True, env=host_module_env(), check=False)
         try:
             reply = json.loads(proc.stdout)
         except ValueError:

@@ -159,6 +159,15 @@ def host_os_release(path: str = "/etc/os-release") -> Dict[str, str]:
     return result
 
 
+def host_module_env() -> Dict[str, str]:
+    """Environment for a module run on the host (inputs, sources): this
+    osbuild package first on the Python path"""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def load_schema(name: str) -> Dict[str, Any]:
     """A JSON schema shipped in the package (osbuild/schemas/NAME.json)"""
     data = pkgutil.get_data("osbuild", f"schemas/{name}.json")

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Dict, Iterator, List, Optional, Set
 
 from . import api
 from .buildroot import BuildRoot
@@ -254,20 +254,17 @@ class Manifest:
         return unknown
 
     def build(self, store: ObjectStore, monitor: BaseMonitor, libdir: str,
-              output_directory: Optional[str] = None,
-              on_built: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+              output_directory: Optional[str] = None) -> Dict[str, Any]:
         """Build the manifest into `store`; export the output if asked"""
-        # sockets live in a short private directory: a Unix socket path has
-        # at most 107 bytes, the store may be anywhere
         if self.sources:
             fetch_all(self.sources, self.source_infos, store.sources, monitor)
+        # sockets live in a short private directory: a Unix socket path has
+        # at most 107 bytes, the store may be anywhere
         with store.tempdir(prefix="build-") as workdir, runtime_dir() as socket_dir:
             with StoreServer(store, workdir, socket_dir) as server:
                 ctx = Context(store=store, monitor=monitor, libdir=libdir, workdir=workdir, store_api=server.path,
                               socket_dir=socket_dir)
                 result = build_pipeline(self.pipeline, ctx)
-        if on_built:
-            on_built(result)
         if result["success"] and output_directory and self.pipeline.output_id:
             store.export(self.pipeline.output_id, output_directory)
         return result

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from typing import Any, Dict
 
-from .meta import ModuleInfo
+from .meta import ModuleInfo, host_module_env
 from .monitor import BaseMonitor
 
 
@@ -23,9 +23,7 @@ class SourceError(Exception):
 def fetch_all(sources: Dict[str, Any], infos: Dict[str, ModuleInfo], sources_dir: str,
               monitor: BaseMonitor) -> None:
     """Run every source of the manifest; raises SourceError on the first failure"""
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    env = host_module_env()
     for name, options in sorted(sources.items()):
         info = infos[name]
         message = {"options": options, "cache": os.path.join(sources_dir, name)}
