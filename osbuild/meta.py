@@ -11,6 +11,8 @@ import ast
 import json
 import os
 import pkgutil
+import re
+import stat
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import jsonschema
@@ -26,8 +28,63 @@ FOLDERS = {
 }
 
 
+# a module file larger than this is not a module (and not read whole)
+MAX_MODULE_SIZE = 4 * 1024 * 1024
+
+
 class ModuleError(Exception):
     """A module is missing or its metadata is broken"""
+
+
+def check_module_name(klass: str, name: Any) -> str:
+    """`name` if it is a plain module name; ModuleError before any file is opened
+
+    Manifests are data: a name must never reach outside its folder of the
+    libdir (`../x`, `/abs/path`) nor name a device, so it is one printable
+    path component that does not start with a dot.
+    """
+    problem = None
+    if not isinstance(name, str) or not name:
+        problem = "must be a non-empty string"
+    elif "/" in name or "\0" in name:
+        problem = "must be a plain name, without '/' or NUL"
+    elif name.startswith("."):
+        problem = "must not start with '.'"
+    elif not name.isprintable():
+        problem = "must consist of printable characters"
+    elif len(name.encode("utf-8")) > 255:
+        problem = "must be at most 255 bytes"
+    if problem:
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:77] + "...")
+        raise ModuleError(f"{klass.lower()} name {shown}: {problem}")
+    return name
+
+
+def read_module_source(libdir: str, folder: str, name: str) -> str:
+    """The text of module `folder/name`: a regular file inside the libdir"""
+    where = f"{folder}/{name}"
+    path = os.path.join(libdir, folder, name)
+    real = os.path.realpath(path)
+    root = os.path.realpath(libdir)
+    if not os.path.lexists(path):
+        raise FileNotFoundError(path)
+    if os.path.commonpath([real, root]) != root:
+        raise ModuleError(f"{where}: resolves to {real}, outside the libdir {libdir}")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ModuleError(f"{where}: cannot read: {e.strerror}") from e
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ModuleError(f"{where}: not a regular file")
+        if st.st_size > MAX_MODULE_SIZE:
+            raise ModuleError(f"{where}: {st.st_size} bytes, larger than a module may be ({MAX_MODULE_SIZE})")
+        data = f.read(MAX_MODULE_SIZE + 1)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModuleError(f"{where}: not UTF-8 text: {e.reason} at byte {e.start}") from e
 
 
 class ModuleInfo:
@@ -45,15 +102,15 @@ class ModuleInfo:
     @classmethod
     def load(cls, libdir: PathLike, klass: str, name: str) -> "ModuleInfo":
         folder = FOLDERS[klass]
+        check_module_name(klass, name)
         path = os.path.join(os.fspath(libdir), folder, name)
         where = f"{folder}/{name}"
         try:
-            with open(path, encoding="utf-8") as f:
-                source = f.read()
+            source = read_module_source(os.fspath(libdir), folder, name)
         except FileNotFoundError:
             raise ModuleError(f"unknown {klass.lower()} {name!r}: no {where} in {os.fspath(libdir)}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ModuleError(f"{where}: cannot read: {e}") from e
+        except OSError as e:
+            raise ModuleError(f"{where}: cannot read: {e.strerror or e}") from e
         try:
             tree = ast.parse(source, filename=path)
         except SyntaxError as e:
@@ -223,11 +280,19 @@ class ValidationResult:
         }
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_@+:-][A-Za-z0-9_.@+:-]*$")
+
+
 def json_path(path: Iterable[Any]) -> str:
     """`.pipeline.stages[2].options.filename` from ["pipeline", "stages", 2, ...]"""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.match(str(part)):
+            out += f".{part}"
+        else:  # a key with odd characters is quoted, so the path stays one readable line
+            out += "[" + json.dumps(str(part))[:100] + "]"
     return out
 
 

@@ -13,7 +13,8 @@ import referencing
 import referencing.jsonschema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPEC_DIR = os.path.join(os.path.dirname(REPO), "shared", "oci-image-spec")
+# vendored copy of the image-spec schemas (see test/data/oci-image-spec/README.md)
+SPEC_DIR = os.path.join(REPO, "test", "data", "oci-image-spec")
 
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
