@@ -13,7 +13,7 @@ import os
 import pkgutil
 import re
 import stat
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import jsonschema
 
@@ -65,10 +65,11 @@ def read_module_source(libdir: str, folder: str, name: str) -> str:
     where = f"{folder}/{name}"
     path = os.path.join(libdir, folder, name)
     real = os.path.realpath(path)
-    root = os.path.realpath(libdir)
+    # the folder itself may be a link (a libdir put together from others)
+    roots = {os.path.realpath(libdir), os.path.realpath(os.path.join(libdir, folder))}
     if not os.path.lexists(path):
         raise FileNotFoundError(path)
-    if os.path.commonpath([real, root]) != root:
+    if not any(os.path.commonpath([real, root]) == root for root in roots):
         raise ModuleError(f"{where}: resolves to {real}, outside the libdir {libdir}")
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -296,10 +297,40 @@ def json_path(path: Iterable[Any]) -> str:
     return out
 
 
+def _same_key(value: Any) -> Any:
+    """How x-osbuild-unique compares values: absolute paths by their components"""
+    if isinstance(value, str) and value.startswith("/"):
+        return "/" + "/".join(p for p in value.split("/") if p and p != ".")
+    return json.dumps(value, sort_keys=True)
+
+
+def _unique_across(validator: Any, properties: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    """`x-osbuild-unique`: this engine's schema keyword for what JSON schema
+    cannot say: across the objects of an array, no value of property P is
+    repeated (for an array-valued P, no element of any of them). Other
+    validators ignore an unknown keyword; the module checks it again."""
+    if not validator.is_type(instance, "array"):
+        return
+    for prop in properties:
+        seen: Dict[Any, int] = {}
+        for i, item in enumerate(instance):
+            if not isinstance(item, dict) or prop not in item:
+                continue
+            values = item[prop]
+            located = [((i, prop, j), v) for j, v in enumerate(values)] if isinstance(values, list) \
+                else [((i, prop), values)]
+            for where, value in located:
+                key = _same_key(value)
+                if key in seen and seen[key] != i:
+                    yield jsonschema.ValidationError(f"{value!r} is also in item {seen[key]}", path=where)
+                seen.setdefault(key, i)
+
+
 def validate(instance: Any, schema: Dict[str, Any], origin: str = "") -> ValidationResult:
     """Every schema violation of `instance`, each with its path"""
     result = ValidationResult(origin)
-    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft4Validator)
+    base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft4Validator)
+    validator_class = jsonschema.validators.extend(base, {"x-osbuild-unique": _unique_across})
     validator = validator_class(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     # a value of the wrong type also fails its enum/pattern/...: report the type only
@@ -313,6 +344,8 @@ def validate(instance: Any, schema: Dict[str, Any], origin: str = "") -> Validat
 
 def _one_line(error: "jsonschema.ValidationError") -> str:
     message = error.message
+    if error.validator == "not" and isinstance(error.validator_value, dict) and "pattern" in error.validator_value:
+        message = f"{error.instance!r} must not match {error.validator_value['pattern']!r}"
     if error.validator in ("oneOf", "anyOf") and error.context:
         best = min(error.context, key=lambda e: len(list(e.absolute_path)))
         message = f"{message if len(message) < 80 else 'not valid'}: {best.message}"

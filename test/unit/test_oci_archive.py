@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 import threading
 
@@ -194,31 +195,44 @@ def test_every_gzip_compressor_gives_a_valid_layer(oci_archive, spec, tmp_path, 
     assert "./big" in archive.layer_entries()
 
 
-def chunked(oci_archive, data, workers, piece, path):
-    """Compress `data`, written into a pipe `piece` bytes at a time"""
-    read_end, write_end = os.pipe()
+# writes a file to stdout `piece` bytes per write
+DRIP = "import os, sys\nwith open(sys.argv[1], 'rb') as f:\n    while chunk := f.read(int(sys.argv[2])):\n" \
+       "        os.write(1, chunk)\n"
 
-    def writer():
-        with os.fdopen(write_end, "wb", buffering=0) as f:
-            for offset in range(0, len(data), piece):
-                f.write(data[offset:offset + piece])
 
-    thread = threading.Thread(target=writer)
-    thread.start()
+def chunked(oci_archive, data, workers, piece, path, layers=1):
+    """Compress `data` as each of `layers` layers, arriving `piece` bytes at a time; the blobs"""
+    source = f"{path}.in"
+    with open(source, "wb") as f:
+        f.write(data)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     blob = oci_archive.BlobWriter(fd)
-    diff = oci_archive.Digest()
-    with os.fdopen(read_end, "rb") as source:
-        pump = oci_archive.ChunkedCompressor(source, ["libdeflate-gzip", "-c", "-6"], blob, diff, workers)
-        pump.start().join()
-    thread.join()
-    blob.close()
-    os.close(fd)
+    argv = [sys.executable, "-c", DRIP, source, str(piece)]
+    try:
+        results = oci_archive.ChunkedLayers([argv] * layers, ["libdeflate-gzip", "-c", "-6"], blob, workers).run(0)
+    finally:
+        blob.close()
+        os.close(fd)
     with open(path, "rb") as f:
-        output = f.read()
-    assert diff.size == len(data) and diff.digest == sha256(data)
-    assert blob.digest.size == len(output) and blob.digest.digest == sha256(output)
-    return output
+        archive = f.read()
+    blobs = []
+    offset = 0
+    for result in results:
+        assert result["raw_size"] == len(data) and result["diff_id"] == sha256(data)
+        output = archive[offset + oci_archive.RESERVED:offset + oci_archive.RESERVED + result["size"]]
+        assert result["digest"] == sha256(output)
+        blobs.append(output)
+        offset += oci_archive.RESERVED + result["size"] + (-result["size"] % 512)
+    assert len(blobs) == layers
+    return blobs[0]
+
+
+def test_layers_are_written_one_after_the_other(oci_archive, tmp_path):
+    if not shutil.which("libdeflate-gzip"):
+        pytest.fail("libdeflate-gzip is not installed (tools/setup installs it)")
+    data = b"".join(os.urandom(100) + b"y" * 3000 for _ in range(3000))
+    # three layers of the same stream: three equal blobs, each behind its own header
+    assert gzip.decompress(chunked(oci_archive, data, 2, 65536, tmp_path / "out", layers=3)) == data
 
 
 def test_incompressible_detection(oci_archive):
