@@ -85,7 +85,7 @@ def set_times(root: str, when: int = EPOCH) -> None:
 def make_debian_tree(root: str, versions: Optional[Dict[str, str]] = None) -> str:
     """The tree; `versions` picks the version (content) of each package"""
     versions = versions or {}
-    os.makedirs(os.path.join(root, "usr", "bin"))
+    os.makedirs(os.path.join(root, "usr", "bin"), exist_ok=True)
     for alias in ("bin", "sbin", "lib"):
         os.makedirs(os.path.join(root, "usr", alias), exist_ok=True)
         os.symlink(f"usr/{alias}", os.path.join(root, alias))
@@ -115,3 +115,11 @@ def make_debian_tree(root: str, versions: Optional[Dict[str, str]] = None) -> st
         os.chown(os.path.join(root, "etc/shadow"), 0, 42)
     set_times(root)
     return root
+
+
+if __name__ == "__main__":
+    # python3 debtree.py TREE [PACKAGE=VERSION ...]: used by the end-to-end
+    # tests to make the tree inside a stage
+    import sys  # pylint: disable=import-outside-toplevel
+
+    make_debian_tree(sys.argv[1], dict(arg.split("=", 1) for arg in sys.argv[2:]))

@@ -45,6 +45,8 @@ def fixture_libdir(tmp_path_factory):
         shutil.copytree(os.path.join(REPO, folder), lib / folder)
     for name in os.listdir(os.path.join(REPO, "test", "data", "stages")):
         shutil.copy2(os.path.join(REPO, "test", "data", "stages", name), lib / "stages" / name)
+    # the Debian-like test tree's maker, for stages: /run/osbuild/lib/stages/debtree.py
+    shutil.copy2(os.path.join(REPO, "test", "debtree.py"), lib / "stages" / "debtree.py")
     return str(lib)
 
 
@@ -106,3 +108,8 @@ def run(argv, **kwargs):
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
     assert proc.returncode == 0, f"{argv} failed ({proc.returncode}): {proc.stderr}{proc.stdout}"
     return proc.stdout
+
+
+def debtree(*versions):
+    """A stage making the Debian-like test tree (test/debtree.py), PACKAGE=VERSION picks contents"""
+    return shell(" ".join(["python3", "/run/osbuild/lib/stages/debtree.py", "\"$TREE\"", *versions]))
