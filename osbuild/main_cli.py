@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any, Dict, List, NoReturn, Optional, TextIO, Union
 
 from . import __version__
@@ -139,15 +140,18 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
 
     monitor: BaseMonitor = LogMonitor(sys.stderr if args.json else sys.stdout)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    started = time.monotonic()
     try:
         store = ObjectStore(args.store)
         res = manifest.build(store, monitor, libdir, args.output_directory)
+        res["duration"] = round(time.monotonic() - started, 3)
     except KeyboardInterrupt:
         print("\nosbuild: interrupted, nothing was kept of the unfinished work", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (BuildError, SandboxError, InputError, SourceError, OSError, subprocess.CalledProcessError) as e:
         if args.json:  # stdout still carries one JSON document
-            json.dump({"success": False, "error": f"build failed: {e}"}, out)
+            json.dump({"success": False, "error": f"build failed: {e}",
+                       "duration": round(time.monotonic() - started, 3)}, out)
             out.write("\n")
         return _fail(f"build failed: {e}", EXIT_FAILED)
     finally:

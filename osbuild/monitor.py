@@ -53,7 +53,7 @@ class LogMonitor(BaseMonitor):
         self.out.flush()
 
     def result(self, result: Dict[str, Any]) -> None:
-        duration = time.monotonic() - self.started
+        duration = result.get("duration", time.monotonic() - self.started)
         state = "done" if result.get("success") else "FAILED"
         self.out.write(f"{result.get('name')}: {state} in {duration:.2f} s\n\n")
         self.out.flush()

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Dict, Iterator, List, Optional, Set
 
 from . import api
@@ -143,8 +144,10 @@ class Context:
 
 def _run_stage(stage: Stage, tree: str, buildroot: BuildRoot, ctx: Context) -> Dict[str, Any]:
     ctx.monitor.stage(stage.name, stage.id)
+    started = time.monotonic()
     result = stage.run(tree, buildroot, ctx.store_api, ctx.socket_dir, ctx.monitor,
                        sources_dir=ctx.store.sources)
+    result["duration"] = round(time.monotonic() - started, 3)
     ctx.monitor.result(result)
     return result
 

@@ -141,6 +141,8 @@ def output(manifest: Manifest, result: Dict[str, Any]) -> Dict[str, Any]:
             out["assembler"] = res["assembler"]
         out["tree_id"] = res.get("tree_id")
         out["output_id"] = res.get("output_id")
+        if "duration" in res:
+            out["duration"] = res["duration"]
         return out
 
     return convert(manifest.pipeline, result)

@@ -43,6 +43,17 @@ def test_json_result_shape(osbuild):
     assert result["assembler"]["name"] == "org.osbuild.noop"
 
 
+def test_json_has_durations(osbuild):
+    slow = {"pipeline": {"stages": [shell("sleep 0.3")], "assembler": {"name": "org.osbuild.noop"}}}
+    proc, result = osbuild.json(slow)
+    assert proc.returncode == 0, proc.stderr
+    stage, assembler = result["stages"][0], result["assembler"]
+    assert 0.3 <= stage["duration"] < 30
+    assert 0 < assembler["duration"] < 30
+    assert result["duration"] >= stage["duration"] + assembler["duration"]
+    assert f"done in {stage['duration']:.2f} s" in proc.stderr, "the log shows the same duration"
+
+
 def test_rebuild_is_served_from_store(osbuild):
     assert osbuild(BUSYBOX).returncode == 0
     archive = os.path.join(osbuild.output, "busybox.oci.tar")
