@@ -33,6 +33,6 @@ setup(
     package_data={"osbuild": ["schemas/*.json"]},
     python_requires=">=3.9",
     install_requires=["jsonschema"],
-    entry_points={"console_scripts": ["osbuild = osbuild.main_cli:main"]},
+    entry_points={"console_scripts": ["osbuild = osbuild.__main__:main"]},
     cmdclass={"build_py": BuildWithModules},
 )

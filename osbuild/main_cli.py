@@ -4,23 +4,24 @@ osbuild [--store DIR] [-l|--libdir DIR] [--checkpoint ID]... [--json]
         [--output-directory DIR] [--inspect] MANIFEST|-
 
 Exit status: 0 success, 1 build failed (or unknown checkpoint), 2 invalid
-manifest, 130 interrupted.
+manifest, 128 + N on signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
 """
 
 import argparse
 import json
 import os
-import signal
+import re
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, NoReturn, Optional, TextIO, Union
+from typing import Any, Dict, List, Optional, TextIO, Tuple, Union
 
 from . import __version__
 from .buildroot import SandboxError
 from .formats import v1
 from .inputs import InputError
-from .meta import Index, ModuleError, host_os_release
+from .interrupt import Interrupted
+from .meta import Index, ModuleError, host_os_release, json_path
 from .monitor import BaseMonitor, LogMonitor
 from .objectstore import ObjectStore
 from .pipeline import BuildError, Manifest
@@ -63,22 +64,90 @@ def _fail(message: str, code: int = EXIT_INVALID) -> int:
     return code
 
 
+# deeper than any manifest needs, shallow enough for every recursive step after
+MAX_DEPTH = 64
+MAX_INT_DIGITS = 4300
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _line_column(text: str, offset: int) -> str:
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return f"line {line} column {column}"
+
+
+def _too_deep(text: str) -> Optional[int]:
+    """The offset where arrays and objects nest deeper than MAX_DEPTH, if they do"""
+    depth = 0
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return match.start()
+        elif token in "]}":
+            depth -= 1
+    return None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _bad_string(document: Any) -> Optional[Tuple[List[Any], str]]:
+    """(path, problem) of the first string (or key) that no file could hold: a lone surrogate"""
+    stack: List[Tuple[List[Any], Any]] = [([], document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str) and _SURROGATE.search(value):
+            return path, "a lone surrogate (not Unicode text)"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if _SURROGATE.search(key):
+                    return path + [key], "a key with a lone surrogate (not Unicode text)"
+                stack.append((path + [key], item))
+        elif isinstance(value, list):
+            stack.extend((path + [i], item) for i, item in enumerate(value))
+    return None
+
+
 def read_manifest(path: str) -> Any:
-    """The parsed manifest; ValueError with a one-line reason otherwise"""
+    """The parsed manifest; ValueError with a one-line reason, saying where, otherwise"""
+    name = "<stdin>" if path == "-" else path
     try:
         if path == "-":
-            text = sys.stdin.read()
-            name = "<stdin>"
+            data = sys.stdin.buffer.read()
         else:
-            name = path
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read manifest {path}: {getattr(e, 'strerror', None) or e}") from e
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read manifest {path}: {e.strerror or e}") from e
     try:
-        return json.loads(text)
-    except ValueError as e:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = _line_column(data[:e.start].decode("utf-8", "replace"), e.start)
+        raise ValueError(f"{name}: not UTF-8 text: byte 0x{data[e.start]:02x} at {where}") from e
+    deep = _too_deep(text)
+    if deep is not None:
+        raise ValueError(f"{name}: arrays and objects nested deeper than {MAX_DEPTH} levels at "
+                         f"{_line_column(text, deep)}")
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
         raise ValueError(f"{name}: not valid JSON: {e}") from e
+    except ValueError as e:
+        # a constant (NaN, Infinity) or a number too long for int(): find it
+        bad = re.search(r"(?<![\w.])-?(NaN|Infinity)\b", text) if "JSON value" in str(e) else \
+            re.search(rf"\d{{{MAX_INT_DIGITS + 1},}}", text)
+        where = f" at {_line_column(text, bad.start())}" if bad else ""
+        what = str(e) if "JSON value" in str(e) else f"an integer of more than {MAX_INT_DIGITS} digits"
+        raise ValueError(f"{name}: not valid JSON: {what}{where}") from e
+    bad_string = _bad_string(document)
+    if bad_string:
+        where, problem = bad_string
+        raise ValueError(f"{name}: {json_path(where) or '.'}: {problem}")
+    return document
 
 
 def load_manifest(args: argparse.Namespace, description: Any, index: Index, out: TextIO) -> Union[Manifest, int]:
@@ -101,10 +170,6 @@ def load_manifest(args: argparse.Namespace, description: Any, index: Index, out:
         return v1.load(description, index, host_runner)
     except ModuleError as e:
         return _fail(str(e))
-
-
-def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
-    raise KeyboardInterrupt
 
 
 def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one return per documented outcome
@@ -139,12 +204,17 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
         return EXIT_OK
 
     monitor: BaseMonitor = LogMonitor(sys.stderr if args.json else sys.stdout)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.monotonic()
     try:
         store = ObjectStore(args.store)
         res = manifest.build(store, monitor, libdir, args.output_directory)
         res["duration"] = round(time.monotonic() - started, 3)
+    except Interrupted as e:
+        print(f"\nosbuild: interrupted ({e.name}), nothing was kept of the unfinished work", file=sys.stderr)
+        if args.json:
+            json.dump({"success": False, "error": f"interrupted ({e.name})"}, out)
+            out.write("\n")
+        return e.exit_status
     except KeyboardInterrupt:
         print("\nosbuild: interrupted, nothing was kept of the unfinished work", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -154,8 +224,6 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
                        "duration": round(time.monotonic() - started, 3)}, out)
             out.write("\n")
         return _fail(f"build failed: {e}", EXIT_FAILED)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
     report(args, manifest, res, out)
     return EXIT_OK if res["success"] else EXIT_FAILED
@@ -191,4 +259,7 @@ def _first_failure(res: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
 
 def main() -> None:
-    sys.exit(osbuild_cli())
+    """The command, with signals handled (see osbuild/__main__.py)"""
+    from .__main__ import main as command  # pylint: disable=import-outside-toplevel
+
+    command()
