@@ -42,6 +42,20 @@ def default_libdir() -> str:
     return os.path.join(package, "_libdir")
 
 
+UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+         "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(text: str) -> Optional[int]:
+    """Bytes of `500M`, `20GiB`, `1000000`; None for `unlimited`"""
+    if text.strip().lower() == "unlimited":
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 20G, 500MiB, 1000000, unlimited)")
+    return int(float(match.group(1)) * UNITS[match.group(2) or ""])
+
+
 def parse_arguments(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="osbuild", description="Build operating system images")
     parser.add_argument("manifest_path", metavar="MANIFEST", help="JSON manifest, or '-' for standard input")
@@ -55,6 +69,9 @@ def parse_arguments(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--output-directory", metavar="DIR", default=None,
                         help="where the assembler's output is written")
     parser.add_argument("--inspect", action="store_true", help="print the manifest with the id of each stage")
+    parser.add_argument("--cache-max-size", metavar="SIZE", type=parse_size, default=None,
+                        help="after the build, remove the least recently used objects of the store until it "
+                             "fits in SIZE (bytes, or with a unit: 500M, 20G, 1TiB; 'unlimited', the default)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
@@ -207,7 +224,7 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
     started = time.monotonic()
     try:
         store = ObjectStore(args.store)
-        res = manifest.build(store, monitor, libdir, args.output_directory)
+        res = manifest.build(store, monitor, libdir, args.output_directory, args.cache_max_size)
         res["duration"] = round(time.monotonic() - started, 3)
     except Interrupted as e:
         print(f"\nosbuild: interrupted ({e.name}), nothing was kept of the unfinished work", file=sys.stderr)

@@ -16,6 +16,7 @@ ask for the path of a tree by id. Standard library only.
 """
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -26,14 +27,24 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .util import jsoncomm
 from .util.types import PathLike
+from .util.workdirs import LockedDir, folder_size, live_dirs, sweep
 
 READ_CHUNK = 1024 * 1024
+SESSION_PREFIX = "build-"
+USES = "uses"
+EXPORT_PREFIX = ".osbuild-export-"
 
 
 def treesum(path: PathLike) -> str:
     """sha256 over a tree: names, types, modes, owners, mtimes, xattrs, data, links"""
+    return treesum_and_size(path)[0]
+
+
+def treesum_and_size(path: PathLike) -> Tuple[str, int]:
+    """treesum(path), and the bytes the tree takes on disk (hard links once)"""
     digest = hashlib.sha256()
     inodes: Dict[Tuple[int, int], str] = {}
+    size = 0
 
     def feed(*fields: Any) -> None:
         for field in fields:
@@ -42,6 +53,7 @@ def treesum(path: PathLike) -> str:
             digest.update(data)
 
     def visit(full: bytes, rel: bytes) -> None:
+        nonlocal size
         st = os.lstat(full)
         feed(rel, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
         try:
@@ -64,6 +76,7 @@ def treesum(path: PathLike) -> str:
                     feed("hardlink", inodes[key])
                     return
                 inodes[key] = rel.decode("utf-8", "surrogateescape")
+            size += st.st_blocks * 512
             file_hash = hashlib.sha256()
             with open(full, "rb") as f:
                 while True:
@@ -73,8 +86,11 @@ def treesum(path: PathLike) -> str:
                     file_hash.update(chunk)
             feed(file_hash.digest())
 
+        if not stat.S_ISREG(st.st_mode):
+            size += st.st_blocks * 512
+
     visit(os.fsencode(path), b"")
-    return digest.hexdigest()
+    return digest.hexdigest(), size
 
 
 def copy_tree(source: PathLike, target: PathLike) -> None:
@@ -102,7 +118,14 @@ def _remove(path: str) -> None:
 
 
 class ObjectStore:
-    """A store directory with objects/, refs/ and tmp/"""
+    """A store directory with objects/, refs/ and tmp/
+
+    Every folder a build works in lives in tmp/ as a `LockedDir`: opening a
+    store removes what dead builds left there (`sweep`), never the work of
+    a running one. A build runs in a `session`, whose folder also lists the
+    refs and objects the build uses: `trim` (for --cache-max-size) keeps
+    those of every running build.
+    """
 
     def __init__(self, path: PathLike):
         self.path = os.path.abspath(os.fspath(path))
@@ -110,8 +133,45 @@ class ObjectStore:
         self.refs = os.path.join(self.path, "refs")
         self.tmp = os.path.join(self.path, "tmp")
         self.sources = os.path.join(self.path, "sources")
-        for folder in (self.objects, self.refs, self.tmp, self.sources):
+        self.sizes = os.path.join(self.path, "sizes")
+        for folder in (self.objects, self.refs, self.tmp, self.sources, self.sizes):
             os.makedirs(folder, exist_ok=True)
+        self.swept = sweep(self.tmp, "")
+        self._session: Optional[LockedDir] = None
+
+    # --- who uses what -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _store_lock(self, exclusive: bool) -> Iterator[None]:
+        """Shared: a build records a use; exclusive: trim decides what goes"""
+        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[str]:
+        """The folder a build works in; what it uses is kept by `trim` while it lasts"""
+        if self._session is not None:
+            raise RuntimeError("store: one session at a time")
+        self._session = LockedDir(self.tmp, SESSION_PREFIX)
+        try:
+            yield self._session.path
+        finally:
+            self._session.close()
+            self._session = None
+
+    def _use(self, *names: str) -> None:
+        """Record (before looking) that this session uses these refs / objects"""
+        if self._session is None:
+            return
+        with self._store_lock(exclusive=False):
+            with open(os.path.join(self._session.path, USES), "a", encoding="utf-8") as f:
+                f.write("".join(f"{name}\n" for name in names))
+
+    # --- objects and refs ----------------------------------------------------
 
     def contains(self, object_id: Optional[str]) -> bool:
         return object_id is not None and self.resolve(object_id) is not None
@@ -120,6 +180,7 @@ class ObjectStore:
         """The path of the object that `refs/<object_id>` names, or None"""
         if not object_id or "/" in object_id or object_id.startswith("."):
             return None
+        self._use(object_id)
         ref = os.path.join(self.refs, object_id)
         try:
             target = os.readlink(ref)
@@ -128,16 +189,17 @@ class ObjectStore:
         path = os.path.normpath(os.path.join(self.refs, target))
         if os.path.dirname(path) != self.objects or not os.path.isdir(path):
             return None
+        try:
+            os.utime(ref, follow_symlinks=False)  # last used: what --cache-max-size keeps longest
+        except OSError:
+            pass  # a read-only store still serves
         return path
 
     @contextlib.contextmanager
     def tempdir(self, prefix: str = "tmp-") -> Iterator[str]:
         """A private directory in tmp/, removed with everything in it at the end"""
-        path = tempfile.mkdtemp(prefix=prefix, dir=self.tmp)
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+        with LockedDir(self.tmp, prefix) as work:
+            yield work.path
 
     def new_tree(self, workdir: str, base_id: Optional[str]) -> str:
         """A fresh tree in `workdir`: empty, or a copy of object `base_id`"""
@@ -153,54 +215,133 @@ class ObjectStore:
     def commit(self, tree: str, object_id: str, move: bool = False) -> str:
         """Store `tree` under refs/<object_id>; with `move` the tree itself is
         taken (it must be on the store's filesystem), otherwise copied"""
-        name = treesum(tree)
+        self._use(object_id)
+        name, size = treesum_and_size(tree)
+        self._use(name)
         final = os.path.join(self.objects, name)
-        if not os.path.isdir(final):
-            if move:
-                staged = tree
-            else:
-                staged = tempfile.mkdtemp(prefix="object-", dir=self.tmp)
-                os.chmod(staged, 0o755)
-                copy_tree(tree, staged)
-            try:
-                os.rename(staged, final)
-            except OSError:
-                if not os.path.isdir(final):  # not a concurrent commit of the same tree
-                    raise
-                _remove(staged)
-            _fsync_dir(self.objects)
-        elif move:
-            _remove(tree)
-        link = os.path.join(self.tmp, f".ref-{object_id}-{os.getpid()}")
-        _remove(link)
-        os.symlink(os.path.join("..", "objects", name), link)
-        os.replace(link, os.path.join(self.refs, object_id))
-        _fsync_dir(self.refs)
+        with LockedDir(self.tmp, "commit-") as work:
+            if not os.path.isdir(final):
+                if move:
+                    staged = tree
+                else:
+                    staged = os.path.join(work.path, "object")
+                    os.mkdir(staged, 0o755)
+                    copy_tree(tree, staged)
+                try:
+                    os.rename(staged, final)
+                except OSError:
+                    if not os.path.isdir(final):  # not a concurrent commit of the same tree
+                        raise
+                    _remove(staged)
+                _fsync_dir(self.objects)
+            elif move:
+                _remove(tree)
+            self._write_size(name, size)
+            link = os.path.join(work.path, "ref")
+            os.symlink(os.path.join("..", "objects", name), link)
+            os.replace(link, os.path.join(self.refs, object_id))
+            _fsync_dir(self.refs)
         return final
+
+    def _write_size(self, name: str, size: int) -> None:
+        temp = os.path.join(self.sizes, f".{name}.{os.getpid()}")
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(str(size))
+        os.replace(temp, os.path.join(self.sizes, name))
+
+    def object_size(self, name: str) -> int:
+        """Bytes object `name` takes on disk (recorded at commit, else measured)"""
+        try:
+            with open(os.path.join(self.sizes, name), encoding="utf-8") as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            size = folder_size(os.path.join(self.objects, name))
+            self._write_size(name, size)
+            return size
 
     def export(self, object_id: str, destination: PathLike) -> List[str]:
         """Copy the contents of an object into `destination`; each top-level
-        entry appears there with one rename, so nothing is ever partial"""
+        entry appears there with one rename, so nothing is ever partial.
+        Staging folders that killed exports left there are removed first."""
         source = self.resolve(object_id)
         if source is None:
             raise KeyError(f"object {object_id} is not in the store")
         destination = os.fspath(destination)
         os.makedirs(destination, exist_ok=True)
+        sweep(destination, EXPORT_PREFIX)
         exported = []
         for name in sorted(os.listdir(source)):
-            staging = tempfile.mkdtemp(prefix=f".{name[:100]}-", dir=destination)
-            try:
-                subprocess.run(["cp", "-a", "--reflink=auto", "--", os.path.join(source, name), staging],
-                               check=True)
+            with LockedDir(destination, EXPORT_PREFIX) as staging:
+                proc = subprocess.run(["cp", "-a", "--reflink=auto", "--", os.path.join(source, name), staging.path],
+                                      capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    raise ExportError(export_problem(proc.stderr, name, destination))
                 target = os.path.join(destination, name)
                 if os.path.isdir(target) and not os.path.islink(target):
                     shutil.rmtree(target)
-                os.replace(os.path.join(staging, name), target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+                os.replace(os.path.join(staging.path, name), target)
             exported.append(name)
         _fsync_dir(destination)
         return exported
+
+    # --- a bounded store -------------------------------------------------------
+
+    def trim(self, max_size: int) -> Tuple[List[str], int]:
+        """Remove objects, least recently used first, until all fit in
+        `max_size` bytes; those that a running build (this one included)
+        uses stay. Refs go before their objects. (removed, size after)"""
+        with self._store_lock(exclusive=True):
+            used = set()
+            for folder in live_dirs(self.tmp, SESSION_PREFIX):
+                try:
+                    with open(os.path.join(folder, USES), encoding="utf-8") as f:
+                        used.update(f.read().split())
+                except OSError:
+                    continue
+            refs: Dict[str, List[str]] = {}
+            last_used: Dict[str, float] = {}
+            for ref in os.listdir(self.refs):
+                path = os.path.join(self.refs, ref)
+                try:
+                    name = os.path.basename(os.readlink(path))
+                    when = os.lstat(path).st_mtime
+                except OSError:
+                    continue
+                refs.setdefault(name, []).append(ref)
+                last_used[name] = max(last_used.get(name, 0.0), when)
+                if ref in used:
+                    used.add(name)
+            names = [n for n in os.listdir(self.objects) if not n.startswith(".")]
+            sizes = {name: self.object_size(name) for name in names}
+            total = sum(sizes.values())
+            removed = []
+            with LockedDir(self.tmp, "trim-") as work:
+                for name in sorted(names, key=lambda n: (last_used.get(n, 0.0), n)):
+                    if total <= max_size:
+                        break
+                    if name in used:
+                        continue
+                    for ref in refs.get(name, []):
+                        _remove(os.path.join(self.refs, ref))
+                    _fsync_dir(self.refs)
+                    os.rename(os.path.join(self.objects, name), os.path.join(work.path, name))
+                    _remove(os.path.join(self.sizes, name))
+                    shutil.rmtree(os.path.join(work.path, name), ignore_errors=True)
+                    total -= sizes[name]
+                    removed.append(name)
+        return removed, total
+
+
+class ExportError(OSError):
+    """An output could not be copied to the output directory"""
+
+
+def export_problem(stderr: str, name: str, destination: str) -> str:
+    """One line from cp's complaint: what happened, to what, where"""
+    lines = [line for line in stderr.strip().splitlines() if line]
+    reason = lines[-1].rsplit(": ", 1)[-1] if lines else "cp failed"
+    reason = reason[:1].lower() + reason[1:]
+    return f"{reason} while exporting {name} to {destination}"
 
 
 class StoreServer(jsoncomm.Service):

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from typing import Any, Dict, Iterator, List, Optional, Set
@@ -22,6 +21,10 @@ from .meta import ModuleInfo
 from .monitor import BaseMonitor
 from .objectstore import ObjectStore, StoreServer
 from .sources import fetch_all
+from .util.workdirs import LockedDir, sweep
+
+
+RUNTIME_PREFIX = "osbuild-run-"
 
 
 class BuildError(Exception):
@@ -220,12 +223,12 @@ def build_pipeline(pipeline: Pipeline, ctx: Context) -> Dict[str, Any]:
 
 @contextlib.contextmanager
 def runtime_dir() -> Iterator[str]:
-    base = "/run" if os.access("/run", os.W_OK) else None
-    path = tempfile.mkdtemp(prefix="osbuild-", dir=base)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    """A short private folder for sockets (in /run when we may write there);
+    those of dead builds are removed first"""
+    base = "/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()
+    sweep(base, RUNTIME_PREFIX)
+    with LockedDir(base, RUNTIME_PREFIX) as work:
+        yield work.path
 
 
 class Manifest:
@@ -257,17 +260,22 @@ class Manifest:
         return unknown
 
     def build(self, store: ObjectStore, monitor: BaseMonitor, libdir: str,
-              output_directory: Optional[str] = None) -> Dict[str, Any]:
+              output_directory: Optional[str] = None, cache_max_size: Optional[int] = None) -> Dict[str, Any]:
         """Build the manifest into `store`; export the output if asked"""
         if self.sources:
             fetch_all(self.sources, self.source_infos, store.sources, monitor)
         # sockets live in a short private directory: a Unix socket path has
         # at most 107 bytes, the store may be anywhere
-        with store.tempdir(prefix="build-") as workdir, runtime_dir() as socket_dir:
+        with store.session() as workdir, runtime_dir() as socket_dir:
             with StoreServer(store, workdir, socket_dir) as server:
                 ctx = Context(store=store, monitor=monitor, libdir=libdir, workdir=workdir, store_api=server.path,
                               socket_dir=socket_dir)
                 result = build_pipeline(self.pipeline, ctx)
-        if result["success"] and output_directory and self.pipeline.output_id:
-            store.export(self.pipeline.output_id, output_directory)
+            if result["success"] and output_directory and self.pipeline.output_id:
+                store.export(self.pipeline.output_id, output_directory)
+            if cache_max_size is not None:
+                removed, size = store.trim(cache_max_size)
+                if removed:
+                    monitor.log(f"store: removed {len(removed)} least recently used objects, "
+                                f"{size / 2**20:.1f} MiB kept (--cache-max-size)")
         return result
