@@ -218,3 +218,28 @@ def test_json_stays_one_document_when_interrupted(osbuild):
     stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 143
     assert json.loads(stdout)["success"] is False
+
+
+HOSTILE = [
+    {"name": "org.osbuild.write", "options": {"files": [{"path": "/no/such/dir/file", "content": "x"}]}},
+    {"name": "org.osbuild.write", "options": {"files": [{"path": "tree:///../escape", "content": "x"}]}},
+    {"name": "org.osbuild.copy", "options": {"paths": [{"from": "/", "to": "/all"}]}},
+    {"name": "org.osbuild.copy", "options": {"paths": [{"from": "/proc/self/environ", "to": "/env"}]}},
+    {"name": "org.osbuild.copy", "options": {"paths": [{"from": "/usr/bin/" + "x" * 4000, "to": "/x"}] * 3000}},
+    {"name": "org.osbuild.mkdir", "options": {"paths": [{"path": "/" + "d/" * 2000}]}},
+    {"name": "org.osbuild.ln", "options": {"paths": [{"target": "../../..", "link_name": "/a/b/c"}]}},
+    {"name": "org.osbuild.ln", "options": {"paths": [{"target": "/etc", "link_name": "/..",
+                                                      "symbolic": True}]}},
+]
+
+
+@pytest.mark.parametrize("stage", HOSTILE, ids=lambda s: s["name"].rsplit(".", 1)[1])
+def test_hostile_valid_options_end_in_one_line(osbuild, stage):
+    proc = osbuild({"pipeline": {"stages": [stage], "assembler": {"name": "org.osbuild.noop"}}})
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout
+    if proc.returncode == 1:
+        errors = [line for line in proc.stdout.splitlines() if ": error: " in line or "not found" in line]
+        assert len(errors) == 1, proc.stdout
+    check_store(osbuild)
+    assert os.listdir(os.path.join(osbuild.store, "tmp")) == []
