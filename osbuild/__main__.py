@@ -5,19 +5,17 @@ Signals are handled from the first line: the heavy imports come after.
 
 import sys
 
-from .interrupt import Interrupted, install
+from .interrupt import Interrupted, install, report
 
 
 def main() -> None:
     install()
     try:
-        from .main_cli import osbuild_cli  # pylint: disable=import-outside-toplevel  # after the handlers
-
-        code = osbuild_cli()
+        # after the handlers: the imports take a while
+        from .main_cli import main as command  # noqa: PLC0415  # pylint: disable=import-outside-toplevel
     except Interrupted as e:
-        print(f"\nosbuild: interrupted ({e.name}), nothing was kept of the unfinished work", file=sys.stderr)
-        code = e.exit_status
-    sys.exit(code)
+        sys.exit(report(e))
+    command()
 
 
 if __name__ == "__main__":

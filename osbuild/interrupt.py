@@ -8,6 +8,7 @@ signals are ignored, so that it finishes.
 """
 
 import signal
+import sys
 from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -29,17 +30,22 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-_raised = False
+_STATE = {"raised": False}
 
 
 def _handler(signum: int, frame: Any) -> None:  # pylint: disable=unused-argument
-    global _raised  # pylint: disable=global-statement  # one process, one interruption
-    if _raised:
+    if _STATE["raised"]:
         return  # the first one is being handled: let its cleanup finish
-    _raised = True
+    _STATE["raised"] = True
     raise Interrupted(signum)
 
 
 def install() -> None:
     for signum in SIGNALS:
         signal.signal(signum, _handler)
+
+
+def report(error: Interrupted) -> int:
+    """Say that the build was interrupted; the exit status for it"""
+    print(f"\nosbuild: interrupted ({error.name}), nothing was kept of the unfinished work", file=sys.stderr)
+    return error.exit_status

@@ -20,7 +20,8 @@ from . import __version__
 from .buildroot import SandboxError
 from .formats import v1
 from .inputs import InputError
-from .interrupt import Interrupted
+from .interrupt import Interrupted, install
+from .interrupt import report as report_interrupt
 from .meta import Index, ModuleError, host_os_release, json_path
 from .monitor import BaseMonitor, LogMonitor
 from .objectstore import ObjectStore
@@ -162,8 +163,8 @@ def read_manifest(path: str) -> Any:
         raise ValueError(f"{name}: not valid JSON: {what}{where}") from e
     bad_string = _bad_string(document)
     if bad_string:
-        where, problem = bad_string
-        raise ValueError(f"{name}: {json_path(where) or '.'}: {problem}")
+        path, problem = bad_string
+        raise ValueError(f"{name}: {json_path(path) or '.'}: {problem}")
     return document
 
 
@@ -227,11 +228,10 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
         res = manifest.build(store, monitor, libdir, args.output_directory, args.cache_max_size)
         res["duration"] = round(time.monotonic() - started, 3)
     except Interrupted as e:
-        print(f"\nosbuild: interrupted ({e.name}), nothing was kept of the unfinished work", file=sys.stderr)
         if args.json:
             json.dump({"success": False, "error": f"interrupted ({e.name})"}, out)
             out.write("\n")
-        return e.exit_status
+        return report_interrupt(e)
     except KeyboardInterrupt:
         print("\nosbuild: interrupted, nothing was kept of the unfinished work", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -276,7 +276,10 @@ def _first_failure(res: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
 
 def main() -> None:
-    """The command, with signals handled (see osbuild/__main__.py)"""
-    from .__main__ import main as command  # pylint: disable=import-outside-toplevel
-
-    command()
+    """The command: signals end it with 128 + their number"""
+    install()
+    try:
+        code = osbuild_cli()
+    except Interrupted as e:
+        code = report_interrupt(e)
+    sys.exit(code)

@@ -57,7 +57,7 @@ def check_module_name(klass: str, name: Any) -> str:
     if problem:
         shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:77] + "...")
         raise ModuleError(f"{klass.lower()} name {shown}: {problem}")
-    return name
+    return str(name)
 
 
 def read_module_source(libdir: str, folder: str, name: str) -> str:
@@ -304,7 +304,7 @@ def _same_key(value: Any) -> Any:
     return json.dumps(value, sort_keys=True)
 
 
-def _unique_across(validator: Any, properties: Any, instance: Any, schema: Any) -> Iterator[Any]:
+def _unique_across(validator: Any, properties: Any, instance: Any, _schema: Any) -> Iterator[Any]:
     """`x-osbuild-unique`: this engine's schema keyword for what JSON schema
     cannot say: across the objects of an array, no value of property P is
     repeated (for an array-valued P, no element of any of them). Other

@@ -23,7 +23,6 @@ from .objectstore import ObjectStore, StoreServer
 from .sources import fetch_all
 from .util.workdirs import LockedDir, sweep
 
-
 RUNTIME_PREFIX = "osbuild-run-"
 
 

@@ -15,7 +15,6 @@ import time
 import pytest
 
 from test.e2e.conftest import Runner, oci, shell
-from test.ocitools import Archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_root, pytest.mark.needs_bwrap]
 

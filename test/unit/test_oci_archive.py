@@ -8,7 +8,6 @@ import stat
 import subprocess
 import sys
 import tarfile
-import threading
 
 import pytest
 
@@ -200,7 +199,7 @@ DRIP = "import os, sys\nwith open(sys.argv[1], 'rb') as f:\n    while chunk := f
        "        os.write(1, chunk)\n"
 
 
-def chunked(oci_archive, data, workers, piece, path, layers=1):
+def chunked(oci_archive, data, workers, piece, path, layers=1):  # noqa: PLR0917
     """Compress `data` as each of `layers` layers, arriving `piece` bytes at a time; the blobs"""
     source = f"{path}.in"
     with open(source, "wb") as f:

@@ -2,6 +2,7 @@
 
 import io
 import os
+import sqlite3
 import subprocess
 import tarfile
 
@@ -91,7 +92,6 @@ def rpm_blob(tags):
 
 
 def test_rpm_headers_name_files_and_source(oci_archive, tmp_path):
-    import sqlite3  # pylint: disable=import-outside-toplevel
     root = tmp_path / "t"
     (root / "usr" / "lib" / "sysimage" / "rpm").mkdir(parents=True)
     (root / "usr" / "bin").mkdir()
