@@ -163,8 +163,8 @@ def read_manifest(path: str) -> Any:
         raise ValueError(f"{name}: not valid JSON: {what}{where}") from e
     bad_string = _bad_string(document)
     if bad_string:
-        path, problem = bad_string
-        raise ValueError(f"{name}: {json_path(path) or '.'}: {problem}")
+        where_bad, problem = bad_string
+        raise ValueError(f"{name}: {json_path(where_bad) or '.'}: {problem}")
     return document
 
 
