@@ -134,6 +134,30 @@ def make_large(path: str, usr: str) -> None:
             f.write(b"\0" * MIB)
 
 
+def make_minbase(path: str) -> None:
+    """Debian 12 minbase, as debootstrap makes it (needs apt's mirror)"""
+    subprocess.run(["debootstrap", "--variant=minbase", "bookworm", path, "http://deb.debian.org/debian"],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def make_many(path: str) -> None:
+    """100,000 small files in 1,000 folders, owned by 500 dpkg packages: the layers' bookkeeping"""
+    info = os.path.join(path, "var", "lib", "dpkg", "info")
+    os.makedirs(info)
+    lists: Dict[int, List[str]] = {}
+    for i in range(100_000):
+        folder = os.path.join("usr", "share", f"p{i % 1000:04d}")
+        os.makedirs(os.path.join(path, folder), exist_ok=True)
+        with open(os.path.join(path, folder, f"f{i:06d}"), "wb") as f:
+            f.write(words(i, 200 + i % 700))
+        lists.setdefault(i % 500, []).append(f"/{folder}/f{i:06d}")
+    with open(os.path.join(path, "var", "lib", "dpkg", "status"), "w", encoding="utf-8") as status:
+        for package, files in lists.items():
+            status.write(f"Package: pkg{package}\nStatus: install ok installed\nArchitecture: all\n\n")
+            with open(os.path.join(info, f"pkg{package}.list"), "w", encoding="utf-8") as f:
+                f.write("\n".join(files) + "\n")
+
+
 def tree_size(path: str) -> int:
     total = 0
     for dirpath, _, filenames in os.walk(path):
@@ -164,6 +188,10 @@ def prepare_trees(scratch: str, names: List[str], usr_limit: int, quick: bool) -
                 shutil.copy2("/usr/bin/tar", os.path.join(path, "tar"))
             elif name == "usr":
                 make_usr(path, usr_limit)
+            elif name == "minbase":
+                make_minbase(path)
+            elif name == "many":
+                make_many(path)
             elif name == "large":
                 make_large(path, prepare_trees(scratch, ["usr"], usr_limit, quick)["usr"])
             with open(done, "w", encoding="utf-8"):
@@ -291,6 +319,10 @@ def contenders(have_umoci: bool, have_buildah: bool) -> List[Contender]:
         Contender("ours: assembler alone (gzip)",
                   lambda tree, work: [python, os.path.join(HERE, "assemble.py"), tree, ".",
                                       json.dumps(ours_options("gzip"))], "image.tar"),
+        Contender("ours: assembler alone, layered (gzip)",
+                  lambda tree, work: [python, os.path.join(HERE, "assemble.py"), tree, ".",
+                                      json.dumps(dict(ours_options("gzip"), layers={}))], "image.tar",
+                  note="layers by package (dpkg/rpm database of the tree), at most 16"),
         Contender("ours: assembler alone (zstd)",
                   lambda tree, work: [python, os.path.join(HERE, "assemble.py"), tree, ".",
                                       json.dumps(ours_options("zstd"))], "image.tar"),
@@ -451,7 +483,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--quick", action="store_true", help="tiny tree, one run: a smoke test")
     parser.add_argument("--tree", metavar="DIR", help="benchmark this tree instead")
-    parser.add_argument("--trees", default="small,usr,large", help="which generated trees (small,usr,large)")
+    parser.add_argument("--trees", default="small,usr,large", help="which generated trees (small, usr, large, minbase, many)")
     parser.add_argument("--runs", type=int, default=None, help="runs per contender (default 3, quick 1)")
     parser.add_argument("--usr-limit", type=int, default=800, help="MIB of /usr to copy for the usr tree")
     parser.add_argument("--output", default="bench-results", help="folder for results.md/json, ratios.png")

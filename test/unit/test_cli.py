@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from osbuild.main_cli import parse_size
 from test.conftest import REPO
 
 NOOP = os.path.join(REPO, "samples", "noop.json")
@@ -101,3 +102,85 @@ def test_unknown_checkpoint_exit_1(tmp_path):
     proc = osbuild("--store", str(tmp_path / "s"), "--checkpoint", "abc", NOOP)
     assert proc.returncode == 1
     assert "unknown checkpoint: abc" in proc.stderr
+
+
+# --- manifests are data: module names never reach outside the libdir -----------------
+
+@pytest.mark.parametrize("name,problem", [
+    ("../../../../../../../../tmp/evilstage", "without '/'"),
+    ("/dev/zero", "without '/'"),
+    ("../../dev/zero", "without '/'"),
+    (".hidden", "must not start with '.'"),
+    ("a\u0000b", "without '/' or NUL"),
+    ("\u200bx\u0007", "printable"),
+])
+@pytest.mark.parametrize("where", ["stage", "assembler", "source", "runner"])
+def test_module_names_must_be_plain(name, problem, where):
+    manifest = {"pipeline": {}}
+    path = {"stage": ".pipeline.stages[0].name", "assembler": ".pipeline.assembler.name",
+            "runner": ".pipeline.build.runner"}.get(where)
+    if where == "stage":
+        manifest["pipeline"]["stages"] = [{"name": name}]
+    elif where == "assembler":
+        manifest["pipeline"]["assembler"] = {"name": name}
+    elif where == "runner":
+        manifest["pipeline"]["build"] = {"pipeline": {}, "runner": name}
+    else:
+        manifest["sources"] = {name: {}}
+    proc = osbuild("--inspect", "-", stdin=json.dumps(manifest))
+    assert proc.returncode == 2, proc.stderr
+    assert problem in proc.stderr and "Traceback" not in proc.stderr
+    if path:
+        assert f"{path}: " in proc.stderr
+
+
+def test_module_file_must_be_a_regular_file_inside_the_libdir(tmp_path):
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    for folder in ("assemblers", "inputs", "runners", "sources"):
+        if not (libdir / folder).exists():
+            os.symlink(os.path.join(REPO, folder), libdir / folder)
+    (libdir / "stages").mkdir()
+    os.symlink("/dev/zero", libdir / "stages" / "org.osbuild.zero")
+    outside = tmp_path / "outside"
+    outside.write_text('"""Docstring"""\n')
+    os.symlink(outside, libdir / "stages" / "org.osbuild.outside")
+    for name, problem in (("org.osbuild.zero", "outside the libdir"), ("org.osbuild.outside", "outside the libdir")):
+        manifest = {"pipeline": {"stages": [{"name": name}]}}
+        proc = subprocess.run([sys.executable, "-m", "osbuild", "--libdir", str(libdir), "--inspect", "-"],
+                              input=json.dumps(manifest), capture_output=True, text=True, timeout=30,
+                              env=dict(os.environ, PYTHONPATH=REPO), check=False)
+        assert proc.returncode == 2 and problem in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("text,where", [
+    ("[" * 10000 + "]" * 10000, "nested deeper than 64 levels at line 1 column 65"),
+    ('{"a": NaN}', "NaN is not a JSON value at line 1 column 7"),
+    ('{"a":\n  -Infinity}', "-Infinity is not a JSON value at line 2 column 3"),
+    ('{"a": ' + "7" * 5000 + "}", "an integer of more than 4300 digits at line 1 column 7"),
+    ('{"pipeline": {"stages": [{"name": "\\ud800"}]}}', ".pipeline.stages[0].name: a lone surrogate"),
+    ('{"a": 1', "line 1 column 8"),
+    ("", "line 1 column 1"),
+])
+def test_bad_json_says_where(text, where):
+    proc = osbuild("--inspect", "-", stdin=text)
+    assert proc.returncode == 2
+    assert where in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_non_utf8_manifest_says_where(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_bytes(b'{"a":\n "\xff"}')
+    proc = osbuild("--inspect", str(path))
+    assert proc.returncode == 2 and "byte 0xff at line 2 column 3" in proc.stderr
+
+
+@pytest.mark.parametrize("size,expected", [("1000", 1000), ("500M", 500_000_000), ("20GiB", 20 * 2**30),
+                                           ("1.5k", 1500), ("unlimited", None), ("3 MB", 3_000_000)])
+def test_cache_max_size_parses(size, expected):
+    assert parse_size(size) == expected
+
+
+def test_cache_max_size_rejects_nonsense():
+    proc = osbuild("--cache-max-size", "lots", "--inspect", NOOP)
+    assert proc.returncode == 2 and "'lots' is not a size" in proc.stderr
