@@ -483,7 +483,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--quick", action="store_true", help="tiny tree, one run: a smoke test")
     parser.add_argument("--tree", metavar="DIR", help="benchmark this tree instead")
-    parser.add_argument("--trees", default="small,usr,large", help="which generated trees (small, usr, large, minbase, many)")
+    parser.add_argument("--trees", default="small,usr,large",
+                        help="which generated trees (small, usr, large, minbase, many)")
     parser.add_argument("--runs", type=int, default=None, help="runs per contender (default 3, quick 1)")
     parser.add_argument("--usr-limit", type=int, default=800, help="MIB of /usr to copy for the usr tree")
     parser.add_argument("--output", default="bench-results", help="folder for results.md/json, ratios.png")
