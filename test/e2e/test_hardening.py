@@ -79,8 +79,11 @@ def test_interrupt_during_startup_is_clean(osbuild):
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode in (0, 130), stderr
+        # -SIGINT: the signal came before the interpreter set up its own
+        # handling (nothing of osbuild ran); 130: ours; 0: it had finished
+        assert proc.returncode in (0, 130, -signal.SIGINT), stderr
         assert "Traceback" not in stderr
+        check_store(osbuild)
 
 
 def test_killed_builds_leave_nothing_behind_the_next_build(osbuild, tmp_path):
