@@ -23,7 +23,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from .util import jsoncomm
 from .util.types import PathLike
@@ -134,10 +134,25 @@ class ObjectStore:
         self.tmp = os.path.join(self.path, "tmp")
         self.sources = os.path.join(self.path, "sources")
         self.sizes = os.path.join(self.path, "sizes")
+        self.cache = os.path.join(self.path, "cache")
         for folder in (self.objects, self.refs, self.tmp, self.sources, self.sizes):
             os.makedirs(folder, exist_ok=True)
         self.swept = sweep(self.tmp, "")
         self._session: Optional[LockedDir] = None
+
+    def module_cache(self, module: str) -> Optional[str]:
+        """STORE/cache/MODULE: what a module keeps between builds (None if it cannot be made)
+
+        Each module sees only its own folder; what is there is a cache: a
+        module must check what it reads (the store never trusts it), and
+        --cache-max-size counts it.
+        """
+        path = os.path.join(self.cache, module)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError:
+            return None
+        return path
 
     # --- who uses what -----------------------------------------------------
 
@@ -287,17 +302,11 @@ class ObjectStore:
     # --- a bounded store -------------------------------------------------------
 
     def trim(self, max_size: int) -> Tuple[List[str], int]:
-        """Remove objects, least recently used first, until all fit in
-        `max_size` bytes; those that a running build (this one included)
-        uses stay. Refs go before their objects. (removed, size after)"""
+        """Remove objects and module cache entries, least recently used first,
+        until all fit in `max_size` bytes; what a running build (this one
+        included) uses stays. Refs go before their objects. (removed, size after)"""
         with self._store_lock(exclusive=True):
-            used = set()
-            for folder in live_dirs(self.tmp, SESSION_PREFIX):
-                try:
-                    with open(os.path.join(folder, USES), encoding="utf-8") as f:
-                        used.update(f.read().split())
-                except OSError:
-                    continue
+            used = self._used_by_running_builds()
             refs: Dict[str, List[str]] = {}
             last_used: Dict[str, float] = {}
             for ref in os.listdir(self.refs):
@@ -311,25 +320,52 @@ class ObjectStore:
                 last_used[name] = max(last_used.get(name, 0.0), when)
                 if ref in used:
                     used.add(name)
-            names = [n for n in os.listdir(self.objects) if not n.startswith(".")]
-            sizes = {name: self.object_size(name) for name in names}
-            total = sum(sizes.values())
+            # (last used, kind, name or path, bytes)
+            candidates = [(last_used.get(name, 0.0), "object", name, self.object_size(name))
+                          for name in os.listdir(self.objects) if not name.startswith(".")]
+            candidates += self._cache_entries()
+            total = sum(c[3] for c in candidates)
             removed = []
             with LockedDir(self.tmp, "trim-") as work:
-                for name in sorted(names, key=lambda n: (last_used.get(n, 0.0), n)):
+                for _, kind, name, size in sorted(candidates):
                     if total <= max_size:
                         break
-                    if name in used:
+                    if kind == "cache":
+                        _remove(name)
+                    elif name in used:
                         continue
-                    for ref in refs.get(name, []):
-                        _remove(os.path.join(self.refs, ref))
-                    _fsync_dir(self.refs)
-                    os.rename(os.path.join(self.objects, name), os.path.join(work.path, name))
-                    _remove(os.path.join(self.sizes, name))
-                    shutil.rmtree(os.path.join(work.path, name), ignore_errors=True)
-                    total -= sizes[name]
+                    else:
+                        for ref in refs.get(name, []):
+                            _remove(os.path.join(self.refs, ref))
+                        _fsync_dir(self.refs)
+                        os.rename(os.path.join(self.objects, name), os.path.join(work.path, name))
+                        _remove(os.path.join(self.sizes, name))
+                        shutil.rmtree(os.path.join(work.path, name), ignore_errors=True)
+                    total -= size
                     removed.append(name)
         return removed, total
+
+    def _used_by_running_builds(self) -> Set[str]:
+        used: Set[str] = set()
+        for folder in live_dirs(self.tmp, SESSION_PREFIX):
+            try:
+                with open(os.path.join(folder, USES), encoding="utf-8") as f:
+                    used.update(f.read().split())
+            except OSError:
+                continue
+        return used
+
+    def _cache_entries(self) -> List[Tuple[float, str, str, int]]:
+        entries = []
+        for dirpath, _, filenames in os.walk(self.cache):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                entries.append((st.st_mtime, "cache", path, st.st_blocks * 512))
+        return entries
 
 
 class ExportError(OSError):

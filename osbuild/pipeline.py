@@ -24,6 +24,7 @@ from .sources import fetch_all
 from .util.workdirs import LockedDir, sweep
 
 RUNTIME_PREFIX = "osbuild-run-"
+CACHE_MOUNT = "/run/osbuild/cache"
 
 
 class BuildError(Exception):
@@ -56,7 +57,8 @@ class Stage:
         return inp
 
     def run(self, tree: str, buildroot: BuildRoot, store_api: str, socket_dir: str,
-            monitor: BaseMonitor, *, sources_dir: Optional[str] = None) -> Dict[str, Any]:
+            monitor: BaseMonitor, *, sources_dir: Optional[str] = None,
+            cache_dir: Optional[str] = None) -> Dict[str, Any]:
         """Run the stage on `tree` in `buildroot`; returns its result"""
         inputs: Dict[str, Any] = {}
         ro_binds = [(sources_dir, "/run/osbuild/sources")] if sources_dir else []
@@ -72,10 +74,15 @@ class Stage:
             "sources": "/run/osbuild/sources",
             "meta": {"id": self.id},
         }
+        binds = [(tree, "/run/osbuild/tree")]
+        if cache_dir:
+            # this engine's extension: a folder kept for the module between builds
+            binds.append((cache_dir, CACHE_MOUNT))
+            args["cache"] = CACHE_MOUNT
         with api.API(args, tmpdir=socket_dir) as server:
             status, output = buildroot.run(
                 self.info.path,
-                binds=[(tree, "/run/osbuild/tree"), (server.socket_dir, "/run/osbuild/api")],
+                binds=[*binds, (server.socket_dir, "/run/osbuild/api")],
                 readonly_binds=ro_binds,
                 on_output=monitor.log,
             )
@@ -148,7 +155,7 @@ def _run_stage(stage: Stage, tree: str, buildroot: BuildRoot, ctx: Context) -> D
     ctx.monitor.stage(stage.name, stage.id)
     started = time.monotonic()
     result = stage.run(tree, buildroot, ctx.store_api, ctx.socket_dir, ctx.monitor,
-                       sources_dir=ctx.store.sources)
+                       sources_dir=ctx.store.sources, cache_dir=ctx.store.module_cache(stage.name))
     result["duration"] = round(time.monotonic() - started, 3)
     ctx.monitor.result(result)
     return result

@@ -1,0 +1,157 @@
+"""org.osbuild.oci-archive's piece cache: pieces cut by content, reused, checked, bounded"""
+
+import io
+import os
+import random
+import tarfile
+
+import pytest
+
+from test.ocitools import Archive
+
+BASE = {"filename": "image.tar", "architecture": "amd64", "source-epoch": 1700000000}
+
+
+def text(seed, size):
+    rng = random.Random(seed)
+    words = [b"alpha", b"beta", b"gamma", b"delta", b"epsilon", str(seed).encode()]
+    return b" ".join(rng.choice(words) for _ in range(size // 5))[:size]
+
+
+def make_tree(root, extra=None):
+    """~14 MiB in 400 files over 20 folders; `extra` adds one file early in the tree"""
+    for i in range(400):
+        folder = os.path.join(root, f"d{i % 20:02d}")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"f{i:04d}"), "wb") as f:
+            f.write(text(i, 20000 + (i * 7919) % 50000))
+    if extra:
+        with open(os.path.join(root, "d01", extra), "wb") as f:
+            f.write(b"a small new file\n")
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (1600000000, 1600000000))
+    os.utime(root, (1600000000, 1600000000))
+    return root
+
+
+def build(module, tree, outdir, cache=None, **options):
+    os.makedirs(outdir, exist_ok=True)
+    assert module.main(str(outdir), {"tree": {"path": str(tree)}}, dict(BASE, **options), cache=cache) == 0
+    with open(os.path.join(outdir, "image.tar"), "rb") as f:
+        return f.read()
+
+
+def reused(log):
+    line = next(line for line in log.splitlines() if "pieces reused from the cache" in line)
+    hits, _, total = line.split("oci-archive: ", 1)[1].split(" pieces")[0].partition(" of ")
+    return int(hits), int(total)
+
+
+@pytest.fixture(name="tree_a")
+def fixture_tree_a(tmp_path):
+    return make_tree(str(tmp_path / "a"))
+
+
+def test_cuts_fall_on_entry_boundaries(oci_archive, tmp_path, tree_a):
+    archive = Archive(_built(oci_archive, tree_a, tmp_path))
+    data = archive.layer_tar
+    cutter = oci_archive.TarCutter()
+    cuts, start = [], 0
+    while start < len(data):
+        view = memoryview(data)[start:start + oci_archive.CHUNK_SIZE]
+        cut = cutter.find(view, start)
+        size = cut if cut is not None else len(view)
+        cuts.append(start + size)
+        start += size
+    headers = set()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for info in tar:
+            headers.add(info.offset)
+    inner = cuts[:-1]
+    assert len(inner) >= 4, "several pieces"
+    sizes = [b - a for a, b in zip([0] + inner, inner)]
+    assert all(oci_archive.PIECE_MIN <= size <= oci_archive.CHUNK_SIZE for size in sizes)
+    # at the start of an entry; only where none qualified within CHUNK_SIZE, at that size
+    assert all(c in headers or size == oci_archive.CHUNK_SIZE for c, size in zip(inner, sizes))
+    assert sum(c in headers for c in inner) >= len(inner) - 1
+
+
+def _built(module, tree, tmp_path):
+    build(module, tree, tmp_path / "plain")
+    return os.path.join(tmp_path / "plain", "image.tar")
+
+
+def test_cache_changes_nothing_in_the_archive(oci_archive, tmp_path, tree_a, capsys):
+    plain = build(oci_archive, tree_a, tmp_path / "plain")
+    cache = str(tmp_path / "cache")
+    cold = build(oci_archive, tree_a, tmp_path / "cold", cache=cache)
+    assert reused(capsys.readouterr().out)[0] == 0
+    warm = build(oci_archive, tree_a, tmp_path / "warm", cache=cache)
+    hits, total = reused(capsys.readouterr().out)
+    assert hits == total >= 4
+    assert plain == cold == warm
+
+
+def test_a_file_added_reuses_the_rest(oci_archive, tmp_path, tree_a, capsys):
+    cache = str(tmp_path / "cache")
+    build(oci_archive, tree_a, tmp_path / "first", cache=cache)
+    capsys.readouterr()
+    tree_b = make_tree(str(tmp_path / "b"), extra="f0001a-new")
+    warm = build(oci_archive, tree_b, tmp_path / "second", cache=cache)
+    hits, total = reused(capsys.readouterr().out)
+    assert hits >= total - 2, "pieces resynchronize after the insertion"
+    assert warm == build(oci_archive, tree_b, tmp_path / "plain"), "byte for byte a build without cache"
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
+def test_damaged_entry_is_detected_and_compressed_again(oci_archive, tmp_path, tree_a, capsys, damage):
+    cache = str(tmp_path / "cache")
+    expected = build(oci_archive, tree_a, tmp_path / "first", cache=cache)
+    entries = sorted(os.path.join(d, n) for d, _, names in os.walk(cache) for n in names)
+    victim = entries[len(entries) // 2]
+    with open(victim, "r+b") as f:
+        if damage == "flip":
+            f.seek(100)
+            byte = f.read(1)
+            f.seek(100)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        elif damage == "truncate":
+            f.truncate(os.path.getsize(victim) // 2)
+        else:
+            f.truncate(0)
+    capsys.readouterr()
+    again = build(oci_archive, tree_a, tmp_path / "second", cache=cache)
+    log = capsys.readouterr().out
+    assert "1 damaged ones compressed again" in log
+    hits, total = reused(log)
+    assert hits == total - 1
+    assert again == expected, "a damaged entry never reaches the image"
+    build(oci_archive, tree_a, tmp_path / "third", cache=cache)
+    assert reused(capsys.readouterr().out)[0] == total, "the entry was written anew"
+
+
+def test_cache_is_bounded(oci_archive, tmp_path, tree_a):
+    cache = str(tmp_path / "cache")
+    build(oci_archive, tree_a, tmp_path / "first", cache=cache)
+    pieces = oci_archive.PieceCache(cache, ["libdeflate-gzip", "-c", "-5"], print)
+    sizes = [os.lstat(os.path.join(d, n)).st_blocks * 512 for d, _, names in os.walk(cache) for n in names]
+    limit = sum(sizes) // 2
+    assert pieces.trim(limit) > 0
+    assert sum(os.lstat(os.path.join(d, n)).st_blocks * 512 for d, _, names in os.walk(cache) for n in names) <= limit
+
+
+def test_unusable_cache_still_builds(oci_archive, tmp_path, tree_a, capsys):
+    afile = tmp_path / "a-file"
+    afile.write_text("not a folder")
+    expected = build(oci_archive, tree_a, tmp_path / "plain")
+    assert build(oci_archive, tree_a, tmp_path / "bad", cache=str(afile / "cache")) == expected
+    assert "no cache of pieces" in capsys.readouterr().out
+    missing = tmp_path / "missing" / "deeper"
+    assert build(oci_archive, tree_a, tmp_path / "new", cache=str(missing)) == expected
+
+
+def test_tar_cutter_tolerates_what_is_not_tar(oci_archive):
+    cutter = oci_archive.TarCutter()
+    assert cutter.find(memoryview(b"x" * 3 * 1024 * 1024), 0) is None
+    assert cutter.done
