@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Run org.osbuild.oci-archive's code directly on a tree, without the engine
 
-    assemble.py TREE OUTPUT_DIR OPTIONS_JSON
+    assemble.py TREE OUTPUT_DIR OPTIONS_JSON [CACHE_DIR]
 
 The same `main()` the sandboxed assembler runs, called in-process: the
 difference to a run through `osbuild` is the engine's overhead.
@@ -29,4 +29,5 @@ def load_assembler():
 
 if __name__ == "__main__":
     tree, output, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    sys.exit(load_assembler().main(output, {"tree": {"path": tree}}, options))
+    cache = sys.argv[4] if len(sys.argv) > 4 else None
+    sys.exit(load_assembler().main(output, {"tree": {"path": tree}}, options, cache=cache))

@@ -424,6 +424,90 @@ def engine_overhead(scratch: str, runs: int) -> Dict[str, float]:
     return {"noop_build_s": round(statistics.median(fresh), 3), "stored_rebuild_s": round(statistics.median(stored), 3)}
 
 
+# --- rebuilds: the piece cache --------------------------------------------------
+
+def upgraded_copy(tree: str, scratch: str) -> str:
+    """A copy of a dpkg tree where one package (sed) has new contents and a new status"""
+    copy = os.path.join(scratch, "trees", os.path.basename(tree) + "-upgraded")
+    if not os.path.isdir(copy):
+        subprocess.run(["cp", "-a", tree, copy], check=True)
+        with open(os.path.join(copy, "var/lib/dpkg/info/sed.list"), encoding="utf-8") as f:
+            for line in f:
+                path = os.path.realpath(os.path.join(copy, line.strip().lstrip("/")))
+                if path.startswith(copy + "/") and os.path.isfile(path) and not os.path.islink(path):
+                    with open(path, "ab") as g:
+                        g.write(b"\n# upgraded\n")
+        status = os.path.join(copy, "var/lib/dpkg/status")
+        with open(status, encoding="utf-8") as f:
+            text = f.read()
+        with open(status, "w", encoding="utf-8") as f:
+            f.write(text.replace("Package: sed\n", "Package: sed\nX-Upgraded: yes\n", 1))
+    return copy
+
+
+def incremental(name: str, tree: str, scratch: str, runs: int) -> Dict[str, Any]:
+    """First assembly and rebuilds after a small change, without, with a cold and a warm cache"""
+    work = os.path.join(scratch, "work", "incremental")
+    cache = os.path.join(work, "cache")
+    assemble = os.path.join(HERE, "assemble.py")
+    options = ours_options("gzip")
+    layered = dict(options, layers={})
+    has_dpkg = os.path.isfile(os.path.join(tree, "var/lib/dpkg/status"))
+    names = sorted(os.listdir(tree))
+    inserted = os.path.join(tree, names[len(names) // 2], "osbuild-bench-inserted")
+
+    def one(opts: Dict[str, Any], source: str, with_cache: bool, empty: bool, insert: bool = False) -> float:
+        shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
+        os.makedirs(os.path.join(work, "out"))
+        if empty:
+            shutil.rmtree(cache, ignore_errors=True)
+        argv = [sys.executable, assemble, source, "out", json.dumps(opts)] + ([cache] if with_cache else [])
+        if insert:
+            with open(inserted, "w", encoding="utf-8") as f:
+                f.write("a small change\n")
+        try:
+            return measure(argv, work)["wall"]
+        finally:
+            if insert:
+                os.unlink(inserted)
+
+    scenarios: Dict[str, List[float]] = {}
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    for _ in range(runs):
+        scenarios.setdefault("first assembly, no cache (as before)", []).append(one(options, tree, False, False))
+        scenarios.setdefault("first assembly, cold cache", []).append(one(options, tree, True, True))
+        scenarios.setdefault("same tree, warm cache", []).append(one(options, tree, True, False))
+        scenarios.setdefault("one small file added in the middle, warm cache", []).append(
+            one(options, tree, True, False, insert=True))
+        scenarios.setdefault("one small file added in the middle, no cache", []).append(
+            one(options, tree, False, False, insert=True))
+        if has_dpkg:
+            upgraded = upgraded_copy(tree, scratch)
+            scenarios.setdefault("layered: first assembly, cold cache", []).append(one(layered, tree, True, True))
+            scenarios.setdefault("layered: one package upgraded, warm cache", []).append(
+                one(layered, upgraded, True, False))
+            scenarios.setdefault("layered: one package upgraded, no cache", []).append(
+                one(layered, upgraded, False, False))
+        log(f"bench: incremental {name}: " + ", ".join(f"{k}: {v[-1]:.2f} s" for k, v in scenarios.items()))
+    shutil.rmtree(work, ignore_errors=True)
+    cold = statistics.median(scenarios["first assembly, cold cache"])
+    return {"tree": name, "bytes": tree_size(tree), "runs": runs,
+            "rows": [{"name": k, "median_s": round(statistics.median(v), 3), "min_s": round(min(v), 3),
+                      "vs_cold_first": round(statistics.median(v) / cold, 3)} for k, v in scenarios.items()]}
+
+
+def incremental_markdown(results: List[Dict[str, Any]]) -> str:
+    lines = ["# oci-archive rebuilds with the piece cache", ""]
+    for tree in results:
+        lines += [f"## Tree `{tree['tree']}`: {tree['bytes'] / MIB:.0f} MiB, {tree['runs']} runs", "",
+                  "| scenario | median s | min s | × first assembly (cold cache) |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['vs_cold_first']:.2f} |"
+                  for r in tree["rows"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
 # --- reporting ------------------------------------------------------------------
 
 def markdown(results: Dict[str, Any]) -> str:
@@ -489,6 +573,8 @@ def main() -> int:
     parser.add_argument("--usr-limit", type=int, default=800, help="MIB of /usr to copy for the usr tree")
     parser.add_argument("--output", default="bench-results", help="folder for results.md/json, ratios.png")
     parser.add_argument("--scratch", default="/var/tmp/osbuild-bench", help="trees and work folders")
+    parser.add_argument("--incremental", action="store_true",
+                        help="rebuilds after small changes with the piece cache, instead of the contenders")
     args = parser.parse_args()
     if os.geteuid() != 0:
         log("bench: run as root (the engine runs stages under bubblewrap, trees keep owners)")
@@ -501,6 +587,15 @@ def main() -> int:
         trees = prepare_trees(args.scratch, ["tiny"], 0, True)
     else:
         trees = prepare_trees(args.scratch, args.trees.split(","), args.usr_limit * MIB, False)
+    if args.incremental:
+        rebuilds = [incremental(name, path, args.scratch, runs) for name, path in trees.items()]
+        os.makedirs(args.output, exist_ok=True)
+        with open(os.path.join(args.output, "incremental.json"), "w", encoding="utf-8") as f:
+            json.dump(rebuilds, f, indent=2)
+        with open(os.path.join(args.output, "incremental.md"), "w", encoding="utf-8") as f:
+            f.write(incremental_markdown(rebuilds))
+        print(incremental_markdown(rebuilds))
+        return 0
     items = contenders(shutil.which("umoci") is not None, shutil.which("buildah") is not None)
     results: Dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
