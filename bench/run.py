@@ -304,6 +304,8 @@ def engine_setup(tree: str, workdir: str) -> None:
             os.unlink(os.path.join(store.refs, ref))
             if target:
                 shutil.rmtree(target)
+    # and the assembler's piece cache: every run is a first assembly
+    shutil.rmtree(os.path.join(store.path, "cache"), ignore_errors=True)
     with open(os.path.join(workdir, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(engine_manifest("gzip"), f)
 
