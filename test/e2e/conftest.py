@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -113,3 +114,13 @@ def run(argv, **kwargs):
 def debtree(*versions):
     """A stage making the Debian-like test tree (test/debtree.py), PACKAGE=VERSION picks contents"""
     return shell(" ".join(["python3", "/run/osbuild/lib/stages/debtree.py", "\"$TREE\"", *versions]))
+
+
+def umoci_unpack(archive, tag, work):
+    """Unpack the image `tag` of an OCI archive with umoci; the rootfs folder"""
+    layout = os.path.join(work, "layout")
+    os.makedirs(layout)
+    with tarfile.open(archive) as tar:
+        tar.extractall(layout)
+    run(["umoci", "unpack", "--image", f"{layout}:{tag}", os.path.join(work, "bundle")])
+    return os.path.join(work, "bundle", "rootfs")

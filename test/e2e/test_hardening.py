@@ -45,6 +45,16 @@ def start(osbuild, manifest, *extra):
                             text=True, env=osbuild.env(), start_new_session=True)
 
 
+def assert_same_as_fresh_build(osbuild, manifest, tmp_path):
+    """True when image.tar of `osbuild`'s output is byte for byte what an empty store builds"""
+    fresh = Runner(tmp_path / "fresh", osbuild.libdir)
+    os.makedirs(fresh.tmp)
+    assert fresh(manifest).returncode == 0
+    with open(os.path.join(osbuild.output, "image.tar"), "rb") as a, \
+            open(os.path.join(fresh.output, "image.tar"), "rb") as b:
+        return a.read() == b.read()
+
+
 def wait_for_file(root, name, timeout=60):
     """Until a file `name` appears in a tree under `root` (a stage has reached it)"""
     deadline = time.monotonic() + timeout
@@ -104,12 +114,7 @@ def test_killed_builds_leave_nothing_behind_the_next_build(osbuild, tmp_path):
     assert os.listdir(os.path.join(osbuild.store, "tmp")) == []
     assert runtime_dirs() == before
     assert os.listdir(osbuild.output) == ["image.tar"]
-    fresh = Runner(tmp_path / "fresh", osbuild.libdir)
-    os.makedirs(fresh.tmp)
-    assert fresh(IMAGE).returncode == 0
-    with open(os.path.join(osbuild.output, "image.tar"), "rb") as a, \
-            open(os.path.join(fresh.output, "image.tar"), "rb") as b:
-        assert a.read() == b.read(), "the rebuild after the kills is byte for byte a clean build"
+    assert_same_as_fresh_build(osbuild, IMAGE, tmp_path), "the rebuild after the kills is a clean build"
 
 
 def test_stale_export_staging_is_removed_live_one_kept(osbuild):
@@ -263,12 +268,7 @@ def test_rebuild_after_a_small_change_reuses_the_compressed_pieces(osbuild, tmp_
     # changed: the piece with the directories (data/ has a new mtime), the one the new file joins
     # (after the tail of data/0), at most one more where the cuts resynchronize
     assert total >= 8 and hits >= total - 3, line
-    fresh = Runner(tmp_path / "fresh", osbuild.libdir)
-    os.makedirs(fresh.tmp)
-    assert fresh(changed).returncode == 0
-    with open(os.path.join(osbuild.output, "image.tar"), "rb") as a, \
-            open(os.path.join(fresh.output, "image.tar"), "rb") as b:
-        assert a.read() == b.read(), "reuse never changes the image"
+    assert_same_as_fresh_build(osbuild, changed, tmp_path), "reuse never changes the image"
     assert cache_bytes(osbuild) > 0
 
 

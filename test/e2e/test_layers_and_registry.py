@@ -17,15 +17,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import tarfile
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from test.e2e.conftest import Runner, debtree, oci, require_tools, run
-from test.e2e.test_oci_archive_clients import describe_tree
+from test.e2e.conftest import Runner, debtree, oci, require_tools, run, umoci_unpack
+from test.e2e.test_oci_archive_clients import assert_same_tree
 from test.ocitools import Archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_root, pytest.mark.needs_bwrap, pytest.mark.clients]
@@ -40,12 +39,7 @@ def layered_manifest(*versions, tag="layered", filename="image.tar"):
 
 
 def assert_tree_equal(expected_root, actual_root):
-    expected, expected_links = describe_tree(expected_root)
-    actual, actual_links = describe_tree(actual_root)
-    assert sorted(actual) == sorted(expected)
-    for rel, entry in expected.items():
-        assert actual[rel] == entry, f"{rel}: differs"
-    assert actual_links == expected_links == [["usr/bin/cat", "usr/bin/foo"]]
+    assert_same_tree(expected_root, actual_root, links=[("usr/bin/cat", "usr/bin/foo")])
 
 
 @pytest.fixture(name="layered", scope="module")
@@ -84,12 +78,7 @@ def test_layered_image_has_layers_per_package(layered):
 
 
 def test_umoci_unpacks_the_layered_image_to_the_tree(layered, tmp_path):
-    layout = tmp_path / "layout"
-    layout.mkdir()
-    with tarfile.open(layered["archive"]) as tar:
-        tar.extractall(layout)
-    run(["umoci", "unpack", "--image", f"{layout}:layered", str(tmp_path / "bundle")])
-    assert_tree_equal(layered["tree"], tmp_path / "bundle" / "rootfs")
+    assert_tree_equal(layered["tree"], umoci_unpack(layered["archive"], "layered", str(tmp_path)))
 
 
 def test_podman_pulls_the_layered_image_as_the_tree(layered):

@@ -8,12 +8,11 @@ status changed) must change at most two layer blobs.
 import json
 import os
 import subprocess
-import tarfile
 
 import pytest
 
 from test.conftest import REPO, load_module_script
-from test.e2e.conftest import require, require_tools, run
+from test.e2e.conftest import require, require_tools, umoci_unpack
 from test.e2e.test_oci_archive_clients import describe_tree
 from test.ocitools import Archive
 
@@ -71,15 +70,11 @@ def test_minbase_layers_unpack_to_the_tree(oci_archive, minbase, tmp_path, capsy
     assert 8 <= len(layers) <= 16
     assert any("packages glibc" in line for line in history), history
     assert history[-1].startswith("osbuild oci-archive: unpackaged")
-    layout = tmp_path / "layout"
-    layout.mkdir()
-    with tarfile.open(archive.path) as tar:
-        tar.extractall(layout)
-    run(["umoci", "unpack", "--image", f"{layout}:minbase", str(tmp_path / "bundle")])
+    rootfs = umoci_unpack(archive.path, "minbase", str(tmp_path))
     expected, expected_links = describe_tree(minbase)
     for entry in expected.values():
         entry["mtime"] = min(entry["mtime"], EPOCH)  # source-epoch clamps
-    actual, actual_links = describe_tree(tmp_path / "bundle" / "rootfs")
+    actual, actual_links = describe_tree(rootfs)
     assert sorted(actual) == sorted(expected)
     for rel, entry in expected.items():
         assert actual[rel] == entry, f"{rel}: differs"
