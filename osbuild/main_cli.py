@@ -224,7 +224,7 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
     monitor: BaseMonitor = LogMonitor(sys.stderr if args.json else sys.stdout)
     started = time.monotonic()
     try:
-        store = ObjectStore(args.store)
+        store = open_store(args.store, monitor)
         res = manifest.build(store, monitor, libdir, args.output_directory, args.cache_max_size)
         res["duration"] = round(time.monotonic() - started, 3)
     except Interrupted as e:
@@ -244,6 +244,15 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
 
     report(args, manifest, res, out)
     return EXIT_OK if res["success"] else EXIT_FAILED
+
+
+def open_store(path: str, monitor: BaseMonitor) -> ObjectStore:
+    """The store; what builds that died left in it is gone (and said)"""
+    store = ObjectStore(path)
+    count, size = store.swept
+    if count:
+        monitor.log(f"store: removed {count} leftovers of builds that died ({size / 2**20:.1f} MiB)")
+    return store
 
 
 def report(args: argparse.Namespace, manifest: Manifest, res: Dict[str, Any], out: TextIO) -> None:

@@ -109,8 +109,15 @@ def test_killed_builds_leave_nothing_behind_the_next_build(osbuild, tmp_path):
         assert not [n for n in os.listdir(osbuild.output) if n != "image.tar"] if os.path.isdir(osbuild.output) \
             else True, "only complete outputs"
     assert leftovers > 0, "the kills left work behind for the next build to remove"
+    # one more, of a build that is surely at work when it is killed
+    other = {"pipeline": {"stages": [shell("touch started; sleep 60")], "assembler": oci()}}
+    proc = start(osbuild, other)
+    wait_for_file(os.path.join(osbuild.store, "tmp"), "started")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     proc = osbuild(IMAGE)
     assert proc.returncode == 0, proc.stderr
+    assert "leftovers of builds that died" in proc.stdout
     assert os.listdir(os.path.join(osbuild.store, "tmp")) == []
     assert runtime_dirs() == before
     assert os.listdir(osbuild.output) == ["image.tar"]
