@@ -316,3 +316,24 @@ def test_without_layers_one_layer(oci_archive, debtree, tmp_path):
     assert len(archive.manifest["layers"]) == 1
     assert archive.config["history"] == [{"created": archive.config["created"],
                                           "created_by": "osbuild org.osbuild.oci-archive"}]
+
+
+def test_rpmdb_with_pending_write_ahead_log_is_read_whole(oci_archive, tmp_path):
+    root = tmp_path / "t"
+    (root / "var" / "lib" / "rpm").mkdir(parents=True)
+    path = root / "var/lib/rpm/rpmdb.sqlite"
+    writer = sqlite3.connect(path)
+    try:
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("CREATE TABLE Packages (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL)")
+        writer.commit()
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        blob = rpm_blob({1000: (6, b"late"), 1116: (4, [0]), 1117: (8, [b"tool"]), 1118: (8, [b"/usr/bin/"])})
+        writer.execute("INSERT INTO Packages (blob) VALUES (?)", (blob,))
+        writer.commit()
+        assert os.path.getsize(str(path) + "-wal") > 0, "the insert is still only in the log"
+        before = sorted(os.listdir(root / "var/lib/rpm"))
+        assert oci_archive.read_rpmdb(os.fsencode(path)) == [blob]
+        assert sorted(os.listdir(root / "var/lib/rpm")) == before, "nothing written into the tree"
+    finally:
+        writer.close()
