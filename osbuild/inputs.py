@@ -8,10 +8,9 @@ is bound read-only into the sandbox at /run/osbuild/inputs/KEY.
 
 import json
 import subprocess
-import sys
 from typing import Any, Dict
 
-from .meta import ModuleInfo, host_module_env
+from .meta import ModuleInfo, host_module_env, host_python
 
 
 class InputError(Exception):
@@ -30,7 +29,7 @@ class Input:
     def map(self, store_api: str) -> Dict[str, Any]:
         """Run the input module; returns {"path": host path, "data": {...}}"""
         message = {"options": self.options, "origin": self.origin, "api": {"store": store_api}}
-        proc = subprocess.run([sys.executable, self.info.path], input=json.dumps(message),
+        proc = subprocess.run([host_python(), self.info.path], input=json.dumps(message),
                               capture_output=True, text=True, env=host_module_env(), check=False)
         try:
             reply = json.loads(proc.stdout)

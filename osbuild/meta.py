@@ -8,11 +8,14 @@ never imported to learn about it.
 """
 
 import ast
+import functools
 import json
 import os
 import pkgutil
 import re
 import stat
+import subprocess
+import sys
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import jsonschema
@@ -215,6 +218,28 @@ def host_os_release(path: str = "/etc/os-release") -> Dict[str, str]:
                 result[key] = value.strip().strip("\"'")
         break
     return result
+
+
+# the interpreter module scripts name in their shebang
+MODULE_PYTHON = "/usr/bin/python3"
+
+
+@functools.cache
+def host_python() -> str:
+    """The interpreter for modules run on the host (inputs, sources)
+
+    The one their shebang names when it is a Python 3.9 or newer: the
+    system's interpreter starts in a fraction of the time a virtualenv's or
+    pyenv's takes. Else the one running osbuild.
+    """
+    if os.path.realpath(MODULE_PYTHON) == os.path.realpath(sys.executable) or not os.access(MODULE_PYTHON, os.X_OK):
+        return sys.executable
+    try:
+        probe = subprocess.run([MODULE_PYTHON, "-c", "import sys; sys.exit(sys.version_info < (3, 9))"],
+                               capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return sys.executable
+    return MODULE_PYTHON if probe.returncode == 0 else sys.executable
 
 
 def host_module_env() -> Dict[str, str]:

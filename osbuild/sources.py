@@ -9,10 +9,9 @@ cache is `STORE/sources/NAME`; stages see the sources folder read-only at
 import json
 import os
 import subprocess
-import sys
 from typing import Any, Dict
 
-from .meta import ModuleInfo, host_module_env
+from .meta import ModuleInfo, host_module_env, host_python
 from .monitor import BaseMonitor
 
 
@@ -27,7 +26,7 @@ def fetch_all(sources: Dict[str, Any], infos: Dict[str, ModuleInfo], sources_dir
     for name, options in sorted(sources.items()):
         info = infos[name]
         message = {"options": options, "cache": os.path.join(sources_dir, name)}
-        proc = subprocess.run([sys.executable, info.path], input=json.dumps(message), capture_output=True,
+        proc = subprocess.run([host_python(), info.path], input=json.dumps(message), capture_output=True,
                               text=True, env=env, check=False)
         if proc.stderr:
             monitor.log(proc.stderr)
