@@ -95,6 +95,10 @@ def _line_column(text: str, offset: int) -> str:
     return f"line {line} column {column}"
 
 
+def _at(text: str, found: Optional["re.Match[str]"]) -> str:
+    return f" at {_line_column(text, found.start())}" if found else ""
+
+
 def _too_deep(text: str) -> Optional[int]:
     """The offset where arrays and objects nest deeper than MAX_DEPTH, if they do"""
     depth = 0
@@ -109,8 +113,12 @@ def _too_deep(text: str) -> Optional[int]:
     return None
 
 
+class _NotJSON(ValueError):
+    """NaN or Infinity: Python's json reads them, JSON has no such values"""
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
+    raise _NotJSON(f"{name} is not a JSON value")
 
 
 def _bad_string(document: Any) -> Optional[Tuple[List[Any], str]]:
@@ -154,13 +162,13 @@ def read_manifest(path: str) -> Any:
         document = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as e:
         raise ValueError(f"{name}: not valid JSON: {e}") from e
-    except ValueError as e:
-        # a constant (NaN, Infinity) or a number too long for int(): find it
-        bad = re.search(r"(?<![\w.])-?(NaN|Infinity)\b", text) if "JSON value" in str(e) else \
-            re.search(rf"\d{{{MAX_INT_DIGITS + 1},}}", text)
-        where = f" at {_line_column(text, bad.start())}" if bad else ""
-        what = str(e) if "JSON value" in str(e) else f"an integer of more than {MAX_INT_DIGITS} digits"
-        raise ValueError(f"{name}: not valid JSON: {what}{where}") from e
+    except _NotJSON as e:
+        bad = re.search(r"(?<![\w.])-?(NaN|Infinity)\b", text)
+        raise ValueError(f"{name}: not valid JSON: {e}{_at(text, bad)}") from e
+    except ValueError as e:  # a number too long for int()
+        bad = re.search(rf"\d{{{MAX_INT_DIGITS + 1},}}", text)
+        raise ValueError(f"{name}: not valid JSON: an integer of more than {MAX_INT_DIGITS} digits"
+                         f"{_at(text, bad)}") from e
     bad_string = _bad_string(document)
     if bad_string:
         where_bad, problem = bad_string

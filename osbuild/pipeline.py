@@ -282,6 +282,6 @@ class Manifest:
             if cache_max_size is not None:
                 removed, size = store.trim(cache_max_size)
                 if removed:
-                    monitor.log(f"store: removed {len(removed)} least recently used objects, "
+                    monitor.log(f"store: removed {len(removed)} least recently used objects and cache entries, "
                                 f"{size / 2**20:.1f} MiB kept (--cache-max-size)")
         return result
