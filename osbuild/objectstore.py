@@ -1,10 +1,14 @@
-"""The object store: committed trees by content, named by stage id
+"""The object store: committed trees and outputs, named by stage id
 
 Layout of a store directory:
-- `objects/<hash>`: a committed tree (or assembler output), named by the
-  content hash of the tree (`treesum`); never changed once there;
-- `refs/<id>`: a symlink `../objects/<hash>` naming the object a stage (or
+- `objects/<name>`: a committed tree (or assembler output) under a random
+  name given at commit; never changed once there;
+- `refs/<id>`: a symlink `../objects/<name>` naming the object a stage (or
   pipeline) with that id produced;
+- `sizes/<name>`: the bytes an object takes; `stamps/<name>`: the identity
+  of its top-level files (inode, size, mtime, mode, owner), checked before
+  the object is used: an export shares those files by hard link, and one
+  changed in place through its exported name makes the object unusable;
 - `tmp/`: work in progress; nothing there is ever visible under `refs/`.
 
 Everything becomes visible with one rename: an object is built in `tmp/`,
@@ -17,7 +21,7 @@ ask for the path of a tree by id. Standard library only.
 
 import contextlib
 import fcntl
-import hashlib
+import json
 import os
 import shutil
 import stat
@@ -35,64 +39,6 @@ USES = "uses"
 EXPORT_PREFIX = ".osbuild-export-"
 
 
-def treesum(path: PathLike) -> str:
-    """sha256 over a tree: names, types, modes, owners, mtimes, xattrs, data, links"""
-    return treesum_and_size(path)[0]
-
-
-def treesum_and_size(path: PathLike) -> Tuple[str, int]:
-    """treesum(path), and the bytes the tree takes on disk (hard links once)"""
-    digest = hashlib.sha256()
-    inodes: Dict[Tuple[int, int], str] = {}
-    size = 0
-
-    def feed(*fields: Any) -> None:
-        for field in fields:
-            data = field if isinstance(field, bytes) else str(field).encode("utf-8", "surrogateescape")
-            digest.update(len(data).to_bytes(8, "little"))
-            digest.update(data)
-
-    def visit(full: bytes, rel: bytes) -> None:
-        nonlocal size
-        st = os.lstat(full)
-        feed(rel, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
-        try:
-            names = sorted(os.listxattr(full, follow_symlinks=False))
-        except OSError:
-            names = []
-        for name in names:
-            feed(name, os.getxattr(full, name, follow_symlinks=False))
-        if stat.S_ISDIR(st.st_mode):
-            for entry in sorted(os.listdir(full)):
-                visit(os.path.join(full, entry), rel + b"/" + entry)
-        elif stat.S_ISLNK(st.st_mode):
-            feed(os.readlink(full))
-        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            feed(st.st_rdev)
-        elif stat.S_ISREG(st.st_mode):
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in inodes:
-                    feed("hardlink", inodes[key])
-                    return
-                inodes[key] = rel.decode("utf-8", "surrogateescape")
-            size += st.st_blocks * 512
-            file_hash = hashlib.sha256()
-            with open(full, "rb") as f:
-                while True:
-                    chunk = f.read(READ_CHUNK)
-                    if not chunk:
-                        break
-                    file_hash.update(chunk)
-            feed(file_hash.digest())
-
-        if not stat.S_ISREG(st.st_mode):
-            size += st.st_blocks * 512
-
-    visit(os.fsencode(path), b"")
-    return digest.hexdigest(), size
-
-
 def copy_tree(source: PathLike, target: PathLike) -> None:
     """Copy the contents of `source` into the existing directory `target`,
     keeping everything (owners, modes, xattrs, hard links, devices)"""
@@ -108,6 +54,23 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _link(source: str, target: str) -> bool:
+    """Hard-link `source` as `target`; False where links cannot be made"""
+    try:
+        os.link(source, target)
+    except OSError:
+        return False
+    return True
+
+
+def _link_target(ref: str) -> Optional[str]:
+    """The object name a ref points to, or None"""
+    try:
+        return os.path.basename(os.readlink(ref))
+    except OSError:
+        return None
 
 
 def _remove(path: str) -> None:
@@ -134,8 +97,9 @@ class ObjectStore:
         self.tmp = os.path.join(self.path, "tmp")
         self.sources = os.path.join(self.path, "sources")
         self.sizes = os.path.join(self.path, "sizes")
+        self.stamps = os.path.join(self.path, "stamps")
         self.cache = os.path.join(self.path, "cache")
-        for folder in (self.objects, self.refs, self.tmp, self.sources, self.sizes):
+        for folder in (self.objects, self.refs, self.tmp, self.sources, self.sizes, self.stamps):
             os.makedirs(folder, exist_ok=True)
         self.swept = sweep(self.tmp, "")
         self._session: Optional[LockedDir] = None
@@ -192,7 +156,8 @@ class ObjectStore:
         return object_id is not None and self.resolve(object_id) is not None
 
     def resolve(self, object_id: str) -> Optional[str]:
-        """The path of the object that `refs/<object_id>` names, or None"""
+        """The path of the object that `refs/<object_id>` names, or None
+        (also when a file of it was changed in place: see `stamp`)"""
         if not object_id or "/" in object_id or object_id.startswith("."):
             return None
         self._use(object_id)
@@ -204,11 +169,44 @@ class ObjectStore:
         path = os.path.normpath(os.path.join(self.refs, target))
         if os.path.dirname(path) != self.objects or not os.path.isdir(path):
             return None
+        if not self._stamp_holds(os.path.basename(path)):
+            return None
         try:
             os.utime(ref, follow_symlinks=False)  # last used: what --cache-max-size keeps longest
         except OSError:
             pass  # a read-only store still serves
         return path
+
+    # --- stamps: an exported file shares its inode with the store's --------------
+
+    @staticmethod
+    def stamp(path: str) -> Dict[str, List[int]]:
+        """What identifies the top-level files of an object: inode, size,
+        mtime, mode and owner; a write or chmod through any name changes it"""
+        stamp = {}
+        for entry in os.scandir(path):
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                stamp[entry.name] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid, st.st_gid]
+        return stamp
+
+    def _write_stamp(self, name: str, stamp: Dict[str, List[int]]) -> None:
+        temp = os.path.join(self.stamps, f".{name}.{os.getpid()}")
+        with open(temp, "w", encoding="utf-8") as f:
+            json.dump(stamp, f, sort_keys=True)
+        os.replace(temp, os.path.join(self.stamps, name))
+
+    def _stamp_holds(self, name: str) -> bool:
+        """False when a top-level file of object `name` is not what was committed"""
+        try:
+            with open(os.path.join(self.stamps, name), encoding="utf-8") as f:
+                recorded = json.load(f)
+        except (OSError, ValueError):
+            return True  # an object of an older store: never exported by hard link
+        try:
+            return bool(self.stamp(os.path.join(self.objects, name)) == recorded)
+        except OSError:
+            return False
 
     @contextlib.contextmanager
     def tempdir(self, prefix: str = "tmp-") -> Iterator[str]:
@@ -229,34 +227,45 @@ class ObjectStore:
 
     def commit(self, tree: str, object_id: str, move: bool = False) -> str:
         """Store `tree` under refs/<object_id>; with `move` the tree itself is
-        taken (it must be on the store's filesystem), otherwise copied"""
+        taken (it must be on the store's filesystem), otherwise copied.
+
+        The object gets a random name: nothing reads the tree again to name
+        it (an output of gigabytes would cost a second pass)."""
         self._use(object_id)
-        name, size = treesum_and_size(tree)
-        self._use(name)
+        name = os.urandom(32).hex()
+        self._use(name)  # before it appears: trim keeps it
         final = os.path.join(self.objects, name)
         with LockedDir(self.tmp, "commit-") as work:
-            if not os.path.isdir(final):
-                if move:
-                    staged = tree
-                else:
-                    staged = os.path.join(work.path, "object")
-                    os.mkdir(staged, 0o755)
-                    copy_tree(tree, staged)
-                try:
-                    os.rename(staged, final)
-                except OSError:
-                    if not os.path.isdir(final):  # not a concurrent commit of the same tree
-                        raise
-                    _remove(staged)
-                _fsync_dir(self.objects)
-            elif move:
-                _remove(tree)
-            self._write_size(name, size)
+            if move:
+                staged = tree
+            else:
+                staged = os.path.join(work.path, "object")
+                os.mkdir(staged, 0o755)
+                copy_tree(tree, staged)
+            self._write_size(name, folder_size(staged))
+            self._write_stamp(name, self.stamp(staged))
+            os.rename(staged, final)
+            _fsync_dir(self.objects)
+            ref = os.path.join(self.refs, object_id)
+            replaced = _link_target(ref)
             link = os.path.join(work.path, "ref")
             os.symlink(os.path.join("..", "objects", name), link)
-            os.replace(link, os.path.join(self.refs, object_id))
+            os.replace(link, ref)
             _fsync_dir(self.refs)
+            if replaced and not self._stamp_holds(replaced):
+                # changed in place through an exported name: useless to anyone
+                self._drop(replaced, work.path)
         return final
+
+    def _drop(self, name: str, workdir: str) -> None:
+        """Remove object `name` (its size and stamp too); it vanishes with one rename"""
+        try:
+            os.rename(os.path.join(self.objects, name), os.path.join(workdir, name))
+        except OSError:
+            return
+        _remove(os.path.join(self.sizes, name))
+        _remove(os.path.join(self.stamps, name))
+        shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
 
     def _write_size(self, name: str, size: int) -> None:
         temp = os.path.join(self.sizes, f".{name}.{os.getpid()}")
@@ -275,8 +284,13 @@ class ObjectStore:
             return size
 
     def export(self, object_id: str, destination: PathLike) -> List[str]:
-        """Copy the contents of an object into `destination`; each top-level
+        """Put the contents of an object into `destination`; each top-level
         entry appears there with one rename, so nothing is ever partial.
+
+        A top-level regular file is hard-linked when the destination is on
+        the store's filesystem (no copy of a large image); the object's stamp
+        then notices if it is changed in place through the exported name, and
+        the store stops serving that object. Everything else is copied.
         Staging folders that killed exports left there are removed first."""
         source = self.resolve(object_id)
         if source is None:
@@ -284,17 +298,21 @@ class ObjectStore:
         destination = os.fspath(destination)
         os.makedirs(destination, exist_ok=True)
         sweep(destination, EXPORT_PREFIX)
+        same_fs = os.stat(destination).st_dev == os.stat(source).st_dev
         exported = []
         for name in sorted(os.listdir(source)):
+            path = os.path.join(source, name)
             with LockedDir(destination, EXPORT_PREFIX) as staging:
-                proc = subprocess.run(["cp", "-a", "--reflink=auto", "--", os.path.join(source, name), staging.path],
-                                      capture_output=True, text=True, check=False)
-                if proc.returncode != 0:
-                    raise ExportError(export_problem(proc.stderr, name, destination))
+                staged = os.path.join(staging.path, name)
+                if not (same_fs and stat.S_ISREG(os.lstat(path).st_mode) and _link(path, staged)):
+                    proc = subprocess.run(["cp", "-a", "--reflink=auto", "--", path, staging.path],
+                                          capture_output=True, text=True, check=False)
+                    if proc.returncode != 0:
+                        raise ExportError(export_problem(proc.stderr, name, destination))
                 target = os.path.join(destination, name)
                 if os.path.isdir(target) and not os.path.islink(target):
                     shutil.rmtree(target)
-                os.replace(os.path.join(staging.path, name), target)
+                os.replace(staged, target)
             exported.append(name)
         _fsync_dir(destination)
         return exported
@@ -338,9 +356,7 @@ class ObjectStore:
                         for ref in refs.get(name, []):
                             _remove(os.path.join(self.refs, ref))
                         _fsync_dir(self.refs)
-                        os.rename(os.path.join(self.objects, name), os.path.join(work.path, name))
-                        _remove(os.path.join(self.sizes, name))
-                        shutil.rmtree(os.path.join(work.path, name), ignore_errors=True)
+                        self._drop(name, work.path)
                     total -= size
                     removed.append(name)
         return removed, total

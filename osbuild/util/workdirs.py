@@ -12,6 +12,7 @@ ones (a lock it cannot take), and removes only the former.
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 import time
 from typing import List, Optional, Tuple
@@ -74,7 +75,7 @@ def folder_size(path: str) -> int:
                 st = os.lstat(os.path.join(dirpath, name))
             except OSError:
                 continue
-            if st.st_nlink > 1 and not os.path.isdir(os.path.join(dirpath, name)):
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
                 if (st.st_dev, st.st_ino) in seen:
                     continue
                 seen.add((st.st_dev, st.st_ino))

@@ -70,6 +70,27 @@ def test_rebuild_is_served_from_store(osbuild):
     assert refs(osbuild) == before
 
 
+def test_export_is_a_hard_link_and_an_export_changed_in_place_is_rebuilt(osbuild):
+    assert osbuild(BUSYBOX).returncode == 0
+    archive = os.path.join(osbuild.output, "busybox.oci.tar")
+    with open(archive, "rb") as f:
+        first = f.read()
+    stored = [os.path.join(osbuild.store, "objects", name, "busybox.oci.tar")
+              for name in os.listdir(os.path.join(osbuild.store, "objects"))]
+    assert os.stat(archive).st_ino in [os.stat(p).st_ino for p in stored if os.path.exists(p)], \
+        "the export shares the store's file (no copy)"
+
+    with open(archive, "ab") as f:  # e.g. `tar -rf` on the exported archive
+        f.write(b"\0" * 1024)
+    proc, result = osbuild.json(BUSYBOX)
+    assert proc.returncode == 0, proc.stderr
+    assert result["assembler"]["success"] is True, "the changed object was not served again"
+    with open(archive, "rb") as f:
+        assert f.read() == first
+    objects = os.listdir(os.path.join(osbuild.store, "objects"))
+    assert len(objects) == 2, f"the tree and one output, the damaged one removed: {objects}"
+
+
 def test_stage_metadata_and_output_are_kept(osbuild):
     script = "python3 -c 'import osbuild.api as a; a.metadata({\"answer\": 42})'; echo hello from the stage"
     manifest = {"pipeline": {"stages": [shell(script)], "assembler": {"name": "org.osbuild.noop"}}}

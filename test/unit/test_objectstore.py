@@ -1,10 +1,11 @@
-"""The object store: content-named objects, atomic refs, export"""
+"""The object store: objects under random names, atomic refs, export by hard link"""
 
 import os
+import tempfile
 
 import pytest
 
-from osbuild.objectstore import ObjectStore, StoreClient, StoreServer, treesum
+from osbuild.objectstore import ObjectStore, StoreClient, StoreServer
 
 
 def make(root, files):
@@ -21,20 +22,6 @@ def make(root, files):
     return str(root)
 
 
-def test_treesum_sees_content_mode_names_links(tmp_path):
-    base = treesum(make(tmp_path / "a", {"x": "1", "d/y": "2"}))
-    assert base == treesum(make(tmp_path / "b", {"x": "1", "d/y": "2"}))
-    assert base != treesum(make(tmp_path / "c", {"x": "1", "d/y": "3"}))
-    assert base != treesum(make(tmp_path / "d", {"x": "1", "d/z": "2"}))
-    mode = make(tmp_path / "e", {"x": "1", "d/y": "2"})
-    os.chmod(os.path.join(mode, "x"), 0o600)
-    assert base != treesum(mode)
-    linked = make(tmp_path / "f", {"x": "1", "d/y": "2"})
-    os.symlink("x", os.path.join(linked, "l"))
-    os.utime(linked, (1, 1))
-    assert base != treesum(linked)
-
-
 def test_commit_and_resolve(tmp_path):
     store = ObjectStore(tmp_path / "store")
     tree = make(tmp_path / "tree", {"file": "data"})
@@ -46,17 +33,19 @@ def test_commit_and_resolve(tmp_path):
     assert not store.contains("id2") and store.resolve("../objects") is None
 
 
-def test_move_commit_takes_the_tree_and_dedups(tmp_path):
+def test_move_commit_takes_the_tree_and_a_new_commit_replaces_the_ref(tmp_path):
     store = ObjectStore(tmp_path / "store")
     with store.tempdir() as work:
-        first = make(os.path.join(work, "t1"), {"file": "same"})
-        second = make(os.path.join(work, "t2"), {"file": "same"})
+        first = make(os.path.join(work, "t1"), {"file": "one"})
+        second = make(os.path.join(work, "t2"), {"file": "two"})
         a = store.commit(first, "a", move=True)
-        b = store.commit(second, "b", move=True)
-        assert a == b
+        b = store.commit(second, "a", move=True)
+        assert a != b and store.resolve("a") == b
         assert not os.path.exists(first) and not os.path.exists(second)
+        with open(os.path.join(b, "file"), encoding="utf-8") as f:
+            assert f.read() == "two"
     assert os.listdir(store.tmp) == []
-    assert len(os.listdir(store.objects)) == 1
+    assert store.object_size(os.path.basename(b)) > 0
 
 
 def test_tempdir_is_removed_on_error(tmp_path):
@@ -80,13 +69,62 @@ def test_new_tree_copies_base(tmp_path):
 
 def test_export(tmp_path):
     store = ObjectStore(tmp_path / "store")
-    store.commit(make(tmp_path / "out", {"image.tar": "archive"}), "out")
+    store.commit(make(tmp_path / "out", {"image.tar": "archive", "sub/x": "1"}), "out")
     target = tmp_path / "output"
-    assert store.export("out", target) == ["image.tar"]
+    assert store.export("out", target) == ["image.tar", "sub"]
     assert (target / "image.tar").read_text() == "archive"
-    assert sorted(os.listdir(target)) == ["image.tar"]
+    assert (target / "sub" / "x").read_text() == "1"
+    assert sorted(os.listdir(target)) == ["image.tar", "sub"]
     with pytest.raises(KeyError):
         store.export("missing", target)
+
+
+def test_export_shares_the_file_and_a_changed_export_is_not_served_again(tmp_path):
+    store = ObjectStore(tmp_path / "store")
+    obj = store.commit(make(tmp_path / "out", {"image.tar": "archive"}), "out")
+    target = tmp_path / "output"
+    store.export("out", target)
+    assert os.stat(target / "image.tar").st_ino == os.stat(os.path.join(obj, "image.tar")).st_ino
+    store.export("out", target)  # again, over its own hard link
+    assert (target / "image.tar").read_text() == "archive" and os.listdir(target) == ["image.tar"]
+    assert store.resolve("out") == obj, "linking and unlinking leave the object valid"
+
+    with open(target / "image.tar", "a", encoding="utf-8") as f:
+        f.write("appended in place")
+    assert store.resolve("out") is None and not store.contains("out")
+    with pytest.raises(KeyError):
+        store.export("out", target)
+
+    # the next build commits the output again; the damaged object goes
+    new = store.commit(make(tmp_path / "out2", {"image.tar": "archive"}), "out")
+    assert store.resolve("out") == new and not os.path.exists(obj)
+    assert sorted(os.listdir(store.objects)) == [os.path.basename(new)]
+
+
+def test_a_chmod_through_the_export_is_noticed_a_replacing_write_is_not_a_change(tmp_path):
+    store = ObjectStore(tmp_path / "store")
+    obj = store.commit(make(tmp_path / "out", {"image.tar": "archive"}), "out")
+    target = tmp_path / "output"
+    store.export("out", target)
+    (target / "new.tar").write_text("other")
+    os.replace(target / "new.tar", target / "image.tar")  # what tools that rewrite a file do
+    assert store.resolve("out") == obj
+    store.export("out", target)
+    os.chmod(target / "image.tar", 0o600)
+    assert store.resolve("out") is None
+
+
+def test_export_to_another_filesystem_copies(tmp_path):
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a filesystem of its own")
+    store = ObjectStore(tmp_path / "store")
+    obj = store.commit(make(tmp_path / "out", {"image.tar": "archive"}), "out")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as target:
+        store.export("out", target)
+        assert os.stat(os.path.join(target, "image.tar")).st_ino != os.stat(os.path.join(obj, "image.tar")).st_ino
+        with open(os.path.join(target, "image.tar"), "a", encoding="utf-8") as f:
+            f.write("changed")
+        assert store.resolve("out") == obj
 
 
 def test_store_api(tmp_path):
