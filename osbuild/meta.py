@@ -93,7 +93,8 @@ def read_module_source(libdir: str, folder: str, name: str) -> str:
 
 # a top-level `SCHEMA = """..."""` (either triple quote), and the string
 # that opens a module (its docstring)
-SCHEMA_ASSIGNMENT = re.compile(r'^SCHEMA[ \t]*=[ \t]*[rRuU]?("""|\'\'\')(.*?)\1', re.MULTILINE | re.DOTALL)
+SCHEMA_LINE = re.compile(r"^SCHEMA[ \t]*=", re.MULTILINE)
+SCHEMA_STRING = re.compile(r'[ \t]*[rRuU]?("""|\'\'\')(.*?)\1', re.DOTALL)
 OPENING_STRING = re.compile(r'\A(?:[ \t]*(?:#[^\n]*)?\n)*[rRuU]?("""|\'\'\')(.*?)\1', re.DOTALL)
 
 
@@ -103,12 +104,16 @@ def parse_module_head(source: str, path: str, where: str) -> ast.Module:
     lines costs a full parse (~35 ms) for nothing else; when the beginning
     does not parse on its own, the whole module is parsed."""
     end = 0
-    for match in SCHEMA_ASSIGNMENT.finditer(source):
-        end = match.end()
+    for line in SCHEMA_LINE.finditer(source):
+        literal = SCHEMA_STRING.match(source, line.end())
+        if not literal:
+            end = -1  # computed or oddly written: the whole module decides
+            break
+        end = literal.end()
     if not end:
         opening = OPENING_STRING.match(source)
         end = opening.end() if opening else 0
-    if end:
+    if end > 0:
         try:
             return ast.parse(source[:end], filename=path)
         except SyntaxError:

@@ -102,3 +102,33 @@ def test_repo_has_runner_for_this_host():
 def test_json_path():
     assert meta.json_path(["pipeline", "stages", 2, "options", "filename"]) == ".pipeline.stages[2].options.filename"
     assert meta.json_path([]) == ""
+
+
+HEAD_CASES = {
+    "plain": ('#!/usr/bin/python3\n"""Doc line\n\nmore"""\nimport os\nSCHEMA = """\n"a": 1\n"""\n', '\n"a": 1\n'),
+    "single quotes, last one wins": ("'''Doc'''\nSCHEMA = '''\"x\": 1'''\nSCHEMA = r'''\"y\": 2'''\n", '"y": 2'),
+    "no schema": ('"""Doc only"""\n\ndef main():\n    pass\n', ""),
+    # SCHEMA = \"\"\"...\"\"\" inside the docstring must not cut the module there
+    "schema text in the docstring": ("'''Doc\nSCHEMA = \"\"\"\"a\": 1\"\"\"\n'''\nimport os\n", ""),
+    "unclosed": ('"""Doc"""\nSCHEMA = """\n', None),
+    "schema text in a string": ('"""Doc"""\nX = """\nSCHEMA = """\nSCHEMA = """"b": 3"""\n', '"b": 3'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEAD_CASES))
+def test_module_description_from_its_beginning_matches_the_whole(tmp_path, case):
+    text, schema = HEAD_CASES[case]
+    write_module(tmp_path, "stages", "org.osbuild.x", text)
+    if schema is None:
+        with pytest.raises(meta.ModuleError, match="not valid Python"):
+            meta.ModuleInfo.load(str(tmp_path), "Stage", "org.osbuild.x")
+        return
+    info = meta.ModuleInfo.load(str(tmp_path), "Stage", "org.osbuild.x")
+    assert info.summary.startswith("Doc")
+    assert info._schema_body == schema  # pylint: disable=protected-access
+
+
+def test_a_syntax_error_after_the_schema_is_left_to_the_run(tmp_path):
+    write_module(tmp_path, "stages", "org.osbuild.x", '"""Doc"""\nSCHEMA = """"a": {}"""\ndef broken(:\n')
+    info = meta.ModuleInfo.load(str(tmp_path), "Stage", "org.osbuild.x")
+    assert info.opts == {"a": {}}
