@@ -73,6 +73,24 @@ def _link_target(ref: str) -> Optional[str]:
         return None
 
 
+def _remove_at(parent: int, name: str) -> None:
+    """Remove the folder `name` in the folder open as `parent` and the
+    files in it, never following a link; nothing if it does not exist"""
+    try:
+        folder = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except FileNotFoundError:
+        return
+    except OSError:
+        os.unlink(name, dir_fd=parent)  # a file or a link where a folder should be
+        return
+    try:
+        for entry in os.listdir(folder):
+            os.unlink(entry, dir_fd=folder)
+    finally:
+        os.close(folder)
+    os.rmdir(name, dir_fd=parent)
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -117,6 +135,43 @@ class ObjectStore:
         except OSError:
             return None
         return path
+
+    def offer_output(self, module: str, object_id: str, path: str) -> bool:
+        """Hard-link the top-level files of `path` (the committed output of
+        stage `object_id`, run by `module`) into
+        STORE/cache/MODULE/outputs/OBJECT_ID/, if the module made `outputs/`
+        there: it may then read what it wrote before (oci-archive reuses
+        compressed pieces of earlier images) without keeping a copy.
+
+        The folder is the module's, so nothing in it is trusted: every step
+        works on file descriptors opened without following links, and the
+        new folder appears with one rename. False if nothing was linked."""
+        if not object_id or "/" in object_id or object_id.startswith("."):
+            return False
+        try:
+            outputs = os.open(os.path.join(self.cache, module, "outputs"),
+                              os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False  # not asked for (or no cache)
+        try:
+            temp = f".{object_id}.{os.getpid()}"
+            os.mkdir(temp, 0o755, dir_fd=outputs)
+            folder = os.open(temp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=outputs)
+            try:
+                for entry in os.scandir(path):
+                    if entry.is_file(follow_symlinks=False):
+                        os.link(entry.path, entry.name, dst_dir_fd=folder)
+            finally:
+                os.close(folder)
+            _remove_at(outputs, object_id)
+            os.rename(temp, object_id, src_dir_fd=outputs, dst_dir_fd=outputs)
+            return True
+        except OSError:
+            with contextlib.suppress(OSError):
+                _remove_at(outputs, temp)
+            return False
+        finally:
+            os.close(outputs)
 
     # --- who uses what -----------------------------------------------------
 
@@ -338,10 +393,19 @@ class ObjectStore:
                 last_used[name] = max(last_used.get(name, 0.0), when)
                 if ref in used:
                     used.add(name)
+            names = [name for name in os.listdir(self.objects) if not name.startswith(".")]
+            # a module cache file that is a link of an object's file (an
+            # output the module keeps, see offer_output) is counted and
+            # removed with that object
+            owner = {ino: name for name in names for ino in self._stamped_inodes(name)}
+            linked: Dict[str, List[str]] = {}
             # (last used, kind, name or path, bytes)
-            candidates = [(last_used.get(name, 0.0), "object", name, self.object_size(name))
-                          for name in os.listdir(self.objects) if not name.startswith(".")]
-            candidates += self._cache_entries()
+            candidates = [(last_used.get(name, 0.0), "object", name, self.object_size(name)) for name in names]
+            for entry in self._cache_entries():
+                if entry[4] in owner:
+                    linked.setdefault(owner[entry[4]], []).append(entry[2])
+                else:
+                    candidates.append(entry[:4])
             total = sum(c[3] for c in candidates)
             removed = []
             with LockedDir(self.tmp, "trim-") as work:
@@ -356,10 +420,20 @@ class ObjectStore:
                         for ref in refs.get(name, []):
                             _remove(os.path.join(self.refs, ref))
                         _fsync_dir(self.refs)
+                        for path in linked.get(name, []):
+                            _remove(path)
                         self._drop(name, work.path)
                     total -= size
                     removed.append(name)
         return removed, total
+
+    def _stamped_inodes(self, name: str) -> List[int]:
+        """The inodes of the top-level files of object `name`, from its stamp"""
+        try:
+            with open(os.path.join(self.stamps, name), encoding="utf-8") as f:
+                return [fields[0] for fields in json.load(f).values()]
+        except (OSError, ValueError, TypeError, IndexError, AttributeError):
+            return []
 
     def _used_by_running_builds(self) -> Set[str]:
         used: Set[str] = set()
@@ -371,7 +445,8 @@ class ObjectStore:
                 continue
         return used
 
-    def _cache_entries(self) -> List[Tuple[float, str, str, int]]:
+    def _cache_entries(self) -> List[Tuple[float, str, str, int, int]]:
+        """(last used, "cache", path, bytes, inode) of every module cache file"""
         entries = []
         for dirpath, _, filenames in os.walk(self.cache):
             for name in filenames:
@@ -380,7 +455,7 @@ class ObjectStore:
                     st = os.lstat(path)
                 except OSError:
                     continue
-                entries.append((st.st_mtime, "cache", path, st.st_blocks * 512))
+                entries.append((st.st_mtime, "cache", path, st.st_blocks * 512, st.st_ino))
         return entries
 
 

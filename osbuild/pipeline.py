@@ -223,7 +223,8 @@ def build_pipeline(pipeline: Pipeline, ctx: Context) -> Dict[str, Any]:
         if not assembler_result["success"]:
             result["success"] = False
             return result
-        store.commit(output, pipeline.assembler.id, move=True)
+        stored = store.commit(output, pipeline.assembler.id, move=True)
+        store.offer_output(pipeline.assembler.name, pipeline.assembler.id, stored)
     return result
 
 

@@ -138,3 +138,36 @@ def test_store_api(tmp_path):
             empty = client.mkdtemp(prefix="empty-")
             assert os.path.isdir(empty) and os.listdir(empty) == []
             assert os.path.dirname(empty) == work
+
+
+def test_offer_output_links_into_the_module_cache_only_when_asked(tmp_path):
+    store = ObjectStore(tmp_path / "store")
+    obj = store.commit(make(tmp_path / "out", {"image.tar": "archive", "sub/x": "1"}), "out")
+    assert not store.offer_output("org.osbuild.m", "out", obj), "no outputs/ folder: not asked"
+    outputs = os.path.join(store.cache, "org.osbuild.m", "outputs")
+    os.makedirs(outputs)
+    assert store.offer_output("org.osbuild.m", "out", obj)
+    linked = os.path.join(outputs, "out", "image.tar")
+    assert os.path.samefile(linked, os.path.join(obj, "image.tar"))
+    assert sorted(os.listdir(os.path.join(outputs, "out"))) == ["image.tar"], "files only"
+    assert store.offer_output("org.osbuild.m", "out", obj), "again: replaced"
+    assert sorted(os.listdir(outputs)) == ["out"]
+    assert not store.offer_output("org.osbuild.m", "../x", obj)
+
+
+def test_offer_output_never_follows_what_a_module_put_there(tmp_path):
+    store = ObjectStore(tmp_path / "store")
+    obj = store.commit(make(tmp_path / "out", {"image.tar": "archive"}), "out")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    module = os.path.join(store.cache, "org.osbuild.m")
+    os.makedirs(module)
+    os.symlink(elsewhere, os.path.join(module, "outputs"))
+    assert not store.offer_output("org.osbuild.m", "out", obj)
+    os.unlink(os.path.join(module, "outputs"))
+    os.makedirs(os.path.join(module, "outputs"))
+    os.symlink(elsewhere, os.path.join(module, "outputs", "out"))  # where the folder will go
+    assert store.offer_output("org.osbuild.m", "out", obj)
+    assert os.listdir(elsewhere) == [], "the link was replaced, not followed"
+    assert os.path.isdir(os.path.join(module, "outputs", "out"))
+    assert not os.path.islink(os.path.join(module, "outputs", "out"))

@@ -1,12 +1,15 @@
-"""org.osbuild.oci-archive's piece cache: pieces cut by content, reused, checked, bounded"""
+"""org.osbuild.oci-archive's piece cache: pieces cut by content, found in
+earlier archives, checked, bounded"""
 
 import io
 import os
 import random
 import tarfile
+import uuid
 
 import pytest
 
+from osbuild.objectstore import ObjectStore
 from test.ocitools import Archive
 
 BASE = {"filename": "image.tar", "architecture": "amd64", "source-epoch": 1700000000}
@@ -35,11 +38,23 @@ def make_tree(root, extra=None):
     return root
 
 
-def build(module, tree, outdir, cache=None, **options):
+def build(module, tree, outdir, cache=None, keep=True, **options):
+    """main() as the engine runs it; with `keep`, the output is then linked
+    into the cache as the engine's ObjectStore.offer_output does"""
     os.makedirs(outdir, exist_ok=True)
-    assert module.main(str(outdir), {"tree": {"path": str(tree)}}, dict(BASE, **options), cache=cache) == 0
+    output_id = uuid.uuid4().hex
+    assert module.main(str(outdir), {"tree": {"path": str(tree)}}, dict(BASE, **options), cache=cache,
+                       output_id=output_id) == 0
+    if cache and keep and os.path.isdir(os.path.join(cache, "outputs")):
+        store = ObjectStore(os.path.join(os.path.dirname(cache), "store"))
+        store.cache = os.path.dirname(cache)
+        assert store.offer_output(os.path.basename(cache), output_id, str(outdir))
     with open(os.path.join(outdir, "image.tar"), "rb") as f:
         return f.read()
+
+
+def cache_files(cache):
+    return sorted(os.path.join(d, n) for d, _, names in os.walk(cache) for n in names)
 
 
 def reused(log):
@@ -104,41 +119,82 @@ def test_a_file_added_reuses_the_rest(oci_archive, tmp_path, tree_a, capsys):
     assert warm == build(oci_archive, tree_b, tmp_path / "plain"), "byte for byte a build without cache"
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
-def test_damaged_entry_is_detected_and_compressed_again(oci_archive, tmp_path, tree_a, capsys, damage):
+def test_the_cache_holds_no_copy_of_the_pieces(oci_archive, tmp_path, tree_a):
+    cache = str(tmp_path / "cache")
+    build(oci_archive, tree_a, tmp_path / "first", cache=cache)
+    archive = os.path.join(tmp_path / "first", "image.tar")
+    linked = [p for p in cache_files(cache) if os.path.samefile(p, archive)]
+    assert len(linked) == 1, "the archive itself is what the cache reads"
+    others = sum(os.path.getsize(p) for p in cache_files(cache) if p not in linked)
+    assert others < 64 * 1024, f"besides it, only an index ({others} bytes)"
+
+
+def test_pieces_of_an_output_the_engine_did_not_keep_are_not_looked_for(oci_archive, tmp_path, tree_a, capsys):
+    cache = str(tmp_path / "cache")
+    build(oci_archive, tree_a, tmp_path / "first", cache=cache, keep=False)  # e.g. the build failed after
+    capsys.readouterr()
+    build(oci_archive, tree_a, tmp_path / "second", cache=cache)
+    assert reused(capsys.readouterr().out)[0] == 0
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "append-keeps-offsets", "empty"])
+def test_changed_archive_is_detected_and_compressed_again(oci_archive, tmp_path, tree_a, capsys, damage):
     cache = str(tmp_path / "cache")
     expected = build(oci_archive, tree_a, tmp_path / "first", cache=cache)
-    entries = sorted(os.path.join(d, n) for d, _, names in os.walk(cache) for n in names)
-    victim = entries[len(entries) // 2]
+    # the exported file may be the same inode: changed through its name
+    victim = os.path.join(tmp_path / "first", "image.tar")
     with open(victim, "r+b") as f:
         if damage == "flip":
-            f.seek(100)
+            f.seek(len(expected) // 2)
             byte = f.read(1)
-            f.seek(100)
+            f.seek(len(expected) // 2)
             f.write(bytes([byte[0] ^ 0xFF]))
         elif damage == "truncate":
-            f.truncate(os.path.getsize(victim) // 2)
+            f.truncate(len(expected) // 2)
+        elif damage == "append-keeps-offsets":
+            f.seek(0, os.SEEK_END)
+            f.write(b"\0" * 4096)
         else:
             f.truncate(0)
     capsys.readouterr()
     again = build(oci_archive, tree_a, tmp_path / "second", cache=cache)
     log = capsys.readouterr().out
-    assert "1 damaged ones compressed again" in log
     hits, total = reused(log)
-    assert hits == total - 1
-    assert again == expected, "a damaged entry never reaches the image"
+    if damage == "append-keeps-offsets":
+        assert hits == total, "every piece is still where the index says, checked"
+    else:
+        assert "1 damaged ones compressed again" in log and hits < total
+    assert again == expected, "a changed archive never reaches the image"
     build(oci_archive, tree_a, tmp_path / "third", cache=cache)
-    assert reused(capsys.readouterr().out)[0] == total, "the entry was written anew"
+    assert reused(capsys.readouterr().out)[0] == total, "the second build's archive serves now"
 
 
 def test_cache_is_bounded(oci_archive, tmp_path, tree_a):
     cache = str(tmp_path / "cache")
-    build(oci_archive, tree_a, tmp_path / "first", cache=cache)
-    pieces = oci_archive.PieceCache(cache, ["libdeflate-gzip", "-c", "-5"], print)
-    sizes = [os.lstat(os.path.join(d, n)).st_blocks * 512 for d, _, names in os.walk(cache) for n in names]
-    limit = sum(sizes) // 2
-    assert pieces.trim(limit) > 0
-    assert sum(os.lstat(os.path.join(d, n)).st_blocks * 512 for d, _, names in os.walk(cache) for n in names) <= limit
+    for i in range(3):
+        build(oci_archive, tree_a, tmp_path / f"build{i}", cache=cache)
+    pieces = oci_archive.PieceCache(cache, ["libdeflate-gzip", "-c", "-5"])
+    outputs = os.listdir(os.path.join(cache, "outputs"))
+    size = os.path.getsize(os.path.join(tmp_path / "build0", "image.tar"))
+    assert len(outputs) == 3
+    assert pieces.trim(int(size * 1.5)) == 2, "the two least recently used outputs go, with their indexes"
+    assert len(os.listdir(os.path.join(cache, "outputs"))) == 1
+    assert len(os.listdir(os.path.join(cache, "pieces-v2"))) == 1
+
+
+def test_hostile_index_lines_are_ignored(oci_archive, tmp_path, tree_a, capsys):
+    cache = str(tmp_path / "cache")
+    expected = build(oci_archive, tree_a, tmp_path / "first", cache=cache)
+    index = os.path.join(cache, "pieces-v2", os.listdir(os.path.join(cache, "pieces-v2"))[0])
+    with open(index, "rb") as f:
+        lines = f.read().split(b"\n")
+    key = lines[1].split()[0]
+    bad = [b"../../../etc/passwd"] + [key + b" -5 10 0", key + b" 0 99999999999 1", b"zz 1 2 3", b"\xff" * 70]
+    with open(index, "wb") as f:
+        f.write(b"\n".join(bad))
+    capsys.readouterr()
+    assert build(oci_archive, tree_a, tmp_path / "second", cache=cache) == expected
+    assert reused(capsys.readouterr().out)[0] == 0
 
 
 def test_unusable_cache_still_builds(oci_archive, tmp_path, tree_a, capsys):
