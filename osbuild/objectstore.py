@@ -380,32 +380,7 @@ class ObjectStore:
         included) uses stays. Refs go before their objects. (removed, size after)"""
         with self._store_lock(exclusive=True):
             used = self._used_by_running_builds()
-            refs: Dict[str, List[str]] = {}
-            last_used: Dict[str, float] = {}
-            for ref in os.listdir(self.refs):
-                path = os.path.join(self.refs, ref)
-                try:
-                    name = os.path.basename(os.readlink(path))
-                    when = os.lstat(path).st_mtime
-                except OSError:
-                    continue
-                refs.setdefault(name, []).append(ref)
-                last_used[name] = max(last_used.get(name, 0.0), when)
-                if ref in used:
-                    used.add(name)
-            names = [name for name in os.listdir(self.objects) if not name.startswith(".")]
-            # a module cache file that is a link of an object's file (an
-            # output the module keeps, see offer_output) is counted and
-            # removed with that object
-            owner = {ino: name for name in names for ino in self._stamped_inodes(name)}
-            linked: Dict[str, List[str]] = {}
-            # (last used, kind, name or path, bytes)
-            candidates = [(last_used.get(name, 0.0), "object", name, self.object_size(name)) for name in names]
-            for entry in self._cache_entries():
-                if entry[4] in owner:
-                    linked.setdefault(owner[entry[4]], []).append(entry[2])
-                else:
-                    candidates.append(entry[:4])
+            candidates, refs, linked = self._trim_candidates(used)
             total = sum(c[3] for c in candidates)
             removed = []
             with LockedDir(self.tmp, "trim-") as work:
@@ -426,6 +401,37 @@ class ObjectStore:
                     total -= size
                     removed.append(name)
         return removed, total
+
+    def _trim_candidates(self, used: Set[str]) -> Tuple[List[Tuple[float, str, str, int]],
+                                                        Dict[str, List[str]], Dict[str, List[str]]]:
+        """What trim may remove: (last used, kind, name or path, bytes); the
+        refs of each object; the module cache files that are links of an
+        object's files (an output a module keeps, see offer_output), counted
+        and removed with that object. Objects used by a ref in `used` are
+        added to it."""
+        refs: Dict[str, List[str]] = {}
+        last_used: Dict[str, float] = {}
+        for ref in os.listdir(self.refs):
+            path = os.path.join(self.refs, ref)
+            try:
+                name = os.path.basename(os.readlink(path))
+                when = os.lstat(path).st_mtime
+            except OSError:
+                continue
+            refs.setdefault(name, []).append(ref)
+            last_used[name] = max(last_used.get(name, 0.0), when)
+            if ref in used:
+                used.add(name)
+        names = [name for name in os.listdir(self.objects) if not name.startswith(".")]
+        owner = {ino: name for name in names for ino in self._stamped_inodes(name)}
+        linked: Dict[str, List[str]] = {}
+        candidates = [(last_used.get(name, 0.0), "object", name, self.object_size(name)) for name in names]
+        for entry in self._cache_entries():
+            if entry[4] in owner:
+                linked.setdefault(owner[entry[4]], []).append(entry[2])
+            else:
+                candidates.append(entry[:4])
+        return candidates, refs, linked
 
     def _stamped_inodes(self, name: str) -> List[int]:
         """The inodes of the top-level files of object `name`, from its stamp"""
