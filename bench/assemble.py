@@ -4,7 +4,8 @@
     assemble.py TREE OUTPUT_DIR OPTIONS_JSON [CACHE_DIR]
 
 The same `main()` the sandboxed assembler runs, called in-process: the
-difference to a run through `osbuild` is the engine's overhead.
+difference to a run through `osbuild` is the engine's overhead. With a
+CACHE_DIR the output is linked into it afterwards, as the engine does.
 """
 
 import importlib.machinery
@@ -12,6 +13,7 @@ import importlib.util
 import json
 import os
 import sys
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -27,7 +29,17 @@ def load_assembler():
     return module
 
 
-if __name__ == "__main__":
+def main() -> int:
     tree, output, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     cache = sys.argv[4] if len(sys.argv) > 4 else None
-    sys.exit(load_assembler().main(output, {"tree": {"path": tree}}, options, cache=cache))
+    output_id = uuid.uuid4().hex
+    status = load_assembler().main(output, {"tree": {"path": tree}}, options, cache=cache, output_id=output_id)
+    if status == 0 and cache:
+        # what the engine does once it has committed the output
+        from osbuild.objectstore import link_output  # noqa: PLC0415  pylint: disable=import-outside-toplevel
+        link_output(os.path.abspath(cache), output_id, output)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

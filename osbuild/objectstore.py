@@ -73,6 +73,43 @@ def _link_target(ref: str) -> Optional[str]:
         return None
 
 
+def link_output(cache: str, object_id: str, path: str) -> bool:
+    """Hard-link the top-level files of `path` (the committed output of
+    stage `object_id`) into CACHE/outputs/OBJECT_ID/, if the module whose
+    cache folder CACHE is made `outputs/` there: it may then read what it
+    wrote before (oci-archive reuses compressed pieces of earlier images)
+    without keeping a copy.
+
+    The folder is the module's, so nothing in it is trusted: every step
+    works on file descriptors opened without following links, and the new
+    folder appears with one rename. False if nothing was linked."""
+    if not object_id or "/" in object_id or object_id.startswith("."):
+        return False
+    try:
+        outputs = os.open(os.path.join(cache, "outputs"), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # not asked for (or no cache)
+    temp = f".{object_id}.{os.getpid()}"
+    try:
+        os.mkdir(temp, 0o755, dir_fd=outputs)
+        folder = os.open(temp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=outputs)
+        try:
+            for entry in os.scandir(path):
+                if entry.is_file(follow_symlinks=False):
+                    os.link(entry.path, entry.name, dst_dir_fd=folder)
+        finally:
+            os.close(folder)
+        _remove_at(outputs, object_id)
+        os.rename(temp, object_id, src_dir_fd=outputs, dst_dir_fd=outputs)
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            _remove_at(outputs, temp)
+        return False
+    finally:
+        os.close(outputs)
+
+
 def _remove_at(parent: int, name: str) -> None:
     """Remove the folder `name` in the folder open as `parent` and the
     files in it, never following a link; nothing if it does not exist"""
@@ -137,41 +174,9 @@ class ObjectStore:
         return path
 
     def offer_output(self, module: str, object_id: str, path: str) -> bool:
-        """Hard-link the top-level files of `path` (the committed output of
-        stage `object_id`, run by `module`) into
-        STORE/cache/MODULE/outputs/OBJECT_ID/, if the module made `outputs/`
-        there: it may then read what it wrote before (oci-archive reuses
-        compressed pieces of earlier images) without keeping a copy.
-
-        The folder is the module's, so nothing in it is trusted: every step
-        works on file descriptors opened without following links, and the
-        new folder appears with one rename. False if nothing was linked."""
-        if not object_id or "/" in object_id or object_id.startswith("."):
-            return False
-        try:
-            outputs = os.open(os.path.join(self.cache, module, "outputs"),
-                              os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return False  # not asked for (or no cache)
-        try:
-            temp = f".{object_id}.{os.getpid()}"
-            os.mkdir(temp, 0o755, dir_fd=outputs)
-            folder = os.open(temp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=outputs)
-            try:
-                for entry in os.scandir(path):
-                    if entry.is_file(follow_symlinks=False):
-                        os.link(entry.path, entry.name, dst_dir_fd=folder)
-            finally:
-                os.close(folder)
-            _remove_at(outputs, object_id)
-            os.rename(temp, object_id, src_dir_fd=outputs, dst_dir_fd=outputs)
-            return True
-        except OSError:
-            with contextlib.suppress(OSError):
-                _remove_at(outputs, temp)
-            return False
-        finally:
-            os.close(outputs)
+        """Link the committed output `path` of stage `object_id` into the
+        cache of `module`, if it asked for it (see `link_output`)"""
+        return link_output(os.path.join(self.cache, module), object_id, path)
 
     # --- who uses what -----------------------------------------------------
 
