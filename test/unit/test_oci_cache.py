@@ -209,3 +209,15 @@ def test_tar_cutter_tolerates_what_is_not_tar(oci_archive):
     cutter = oci_archive.TarCutter()
     assert cutter.find(memoryview(b"x" * 3 * 1024 * 1024), 0) is None
     assert cutter.done
+
+
+def test_an_index_whose_archive_is_gone_goes_after_a_day(oci_archive, tmp_path, tree_a):
+    cache = str(tmp_path / "cache")
+    build(oci_archive, tree_a, tmp_path / "first", cache=cache, keep=False)
+    index = os.path.join(cache, "pieces-v2", os.listdir(os.path.join(cache, "pieces-v2"))[0])
+    oci_archive.PieceCache(cache, ["libdeflate-gzip", "-c", "-5"])
+    assert os.path.exists(index), "a build may still be running: its archive is linked when it ends"
+    old = os.stat(index).st_mtime - 2 * 24 * 3600
+    os.utime(index, (old, old))
+    oci_archive.PieceCache(cache, ["libdeflate-gzip", "-c", "-5"])
+    assert not os.path.exists(index)
