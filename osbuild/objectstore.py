@@ -359,6 +359,9 @@ class ObjectStore:
         os.makedirs(destination, exist_ok=True)
         sweep(destination, EXPORT_PREFIX)
         same_fs = os.stat(destination).st_dev == os.stat(source).st_dev
+        object_name = os.path.basename(source)
+        if same_fs and not os.path.exists(os.path.join(self.stamps, object_name)):
+            self._write_stamp(object_name, self.stamp(source))  # an object of an older store
         exported = []
         for name in sorted(os.listdir(source)):
             path = os.path.join(source, name)

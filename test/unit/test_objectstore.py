@@ -171,3 +171,14 @@ def test_offer_output_never_follows_what_a_module_put_there(tmp_path):
     assert os.listdir(elsewhere) == [], "the link was replaced, not followed"
     assert os.path.isdir(os.path.join(module, "outputs", "out"))
     assert not os.path.islink(os.path.join(module, "outputs", "out"))
+
+
+def test_an_object_of_an_older_store_gets_its_stamp_before_it_is_shared(tmp_path):
+    store = ObjectStore(tmp_path / "store")
+    obj = store.commit(make(tmp_path / "out", {"image.tar": "archive"}), "out")
+    os.unlink(os.path.join(store.stamps, os.path.basename(obj)))  # as a store of before stamps
+    target = tmp_path / "output"
+    store.export("out", target)
+    with open(target / "image.tar", "a", encoding="utf-8") as f:
+        f.write("appended in place")
+    assert store.resolve("out") is None
