@@ -33,7 +33,6 @@ from .util import jsoncomm
 from .util.types import PathLike
 from .util.workdirs import LockedDir, folder_size, live_dirs, sweep
 
-READ_CHUNK = 1024 * 1024
 SESSION_PREFIX = "build-"
 USES = "uses"
 EXPORT_PREFIX = ".osbuild-export-"
@@ -54,6 +53,19 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _valid_id(object_id: str) -> bool:
+    """An id that names one entry of a folder (a ref, an output's folder)"""
+    return bool(object_id) and "/" not in object_id and not object_id.startswith(".")
+
+
+def _write_record(folder: str, name: str, text: str) -> None:
+    """FOLDER/NAME holds `text`, replaced with one rename"""
+    temp = os.path.join(folder, f".{name}.{os.getpid()}")
+    with open(temp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(temp, os.path.join(folder, name))
 
 
 def _link(source: str, target: str) -> bool:
@@ -83,7 +95,7 @@ def link_output(cache: str, object_id: str, path: str) -> bool:
     The folder is the module's, so nothing in it is trusted: every step
     works on file descriptors opened without following links, and the new
     folder appears with one rename. False if nothing was linked."""
-    if not object_id or "/" in object_id or object_id.startswith("."):
+    if not _valid_id(object_id):
         return False
     try:
         outputs = os.open(os.path.join(cache, "outputs"), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -218,7 +230,7 @@ class ObjectStore:
     def resolve(self, object_id: str) -> Optional[str]:
         """The path of the object that `refs/<object_id>` names, or None
         (also when a file of it was changed in place: see `stamp`)"""
-        if not object_id or "/" in object_id or object_id.startswith("."):
+        if not _valid_id(object_id):
             return None
         self._use(object_id)
         ref = os.path.join(self.refs, object_id)
@@ -251,17 +263,20 @@ class ObjectStore:
         return stamp
 
     def _write_stamp(self, name: str, stamp: Dict[str, List[int]]) -> None:
-        temp = os.path.join(self.stamps, f".{name}.{os.getpid()}")
-        with open(temp, "w", encoding="utf-8") as f:
-            json.dump(stamp, f, sort_keys=True)
-        os.replace(temp, os.path.join(self.stamps, name))
+        _write_record(self.stamps, name, json.dumps(stamp, sort_keys=True))
+
+    def _read_stamp(self, name: str) -> Any:
+        """The recorded stamp of object `name`; None if it has none (an older store)"""
+        try:
+            with open(os.path.join(self.stamps, name), encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
 
     def _stamp_holds(self, name: str) -> bool:
         """False when a top-level file of object `name` is not what was committed"""
-        try:
-            with open(os.path.join(self.stamps, name), encoding="utf-8") as f:
-                recorded = json.load(f)
-        except (OSError, ValueError):
+        recorded = self._read_stamp(name)
+        if recorded is None:
             return True  # an object of an older store: never exported by hard link
         try:
             return bool(self.stamp(os.path.join(self.objects, name)) == recorded)
@@ -328,10 +343,7 @@ class ObjectStore:
         shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
 
     def _write_size(self, name: str, size: int) -> None:
-        temp = os.path.join(self.sizes, f".{name}.{os.getpid()}")
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write(str(size))
-        os.replace(temp, os.path.join(self.sizes, name))
+        _write_record(self.sizes, name, str(size))
 
     def object_size(self, name: str) -> int:
         """Bytes object `name` takes on disk (recorded at commit, else measured)"""
@@ -360,7 +372,7 @@ class ObjectStore:
         sweep(destination, EXPORT_PREFIX)
         same_fs = os.stat(destination).st_dev == os.stat(source).st_dev
         object_name = os.path.basename(source)
-        if same_fs and not os.path.exists(os.path.join(self.stamps, object_name)):
+        if same_fs and self._read_stamp(object_name) is None:
             self._write_stamp(object_name, self.stamp(source))  # an object of an older store
         exported = []
         for name in sorted(os.listdir(source)):
@@ -444,9 +456,8 @@ class ObjectStore:
     def _stamped_inodes(self, name: str) -> List[int]:
         """The inodes of the top-level files of object `name`, from its stamp"""
         try:
-            with open(os.path.join(self.stamps, name), encoding="utf-8") as f:
-                return [fields[0] for fields in json.load(f).values()]
-        except (OSError, ValueError, TypeError, IndexError, AttributeError):
+            return [fields[0] for fields in (self._read_stamp(name) or {}).values()]
+        except (TypeError, IndexError, AttributeError):
             return []
 
     def _used_by_running_builds(self) -> Set[str]:
