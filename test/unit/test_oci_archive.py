@@ -1,6 +1,7 @@
 """org.osbuild.oci-archive without a sandbox: options, documents, the archive"""
 
 import gzip
+import io
 import json
 import os
 import shutil
@@ -390,6 +391,15 @@ def test_source_epoch_sets_created_and_clamps_mtimes(oci_archive, tree, tmp_path
 
 
 def test_reproducible_bytes_across_copies(oci_archive, tree, tmp_path):
+    # a sparse file too: GNU tar's default sparse format names the entry
+    # after tar's process id
+    sparse = os.path.join(tree, "etc", "sparse")
+    with open(sparse, "wb") as f:
+        f.truncate(8 * 1024 * 1024)
+        f.seek(3 * 1024 * 1024)
+        f.write(b"middle")
+    os.utime(sparse, (1600000000, 1600000000))
+    assert os.stat(sparse).st_blocks * 512 < 1024 * 1024, "the file system keeps the hole"
     options = {"source-epoch": 1700000000, "tag": "latest"}
     first = build(oci_archive, tree, tmp_path / "one", **options)
     copy = str(tmp_path / "copy")
@@ -397,6 +407,11 @@ def test_reproducible_bytes_across_copies(oci_archive, tree, tmp_path):
     second = build(oci_archive, copy, tmp_path / "two", **options)
     with open(first.path, "rb") as a, open(second.path, "rb") as b:
         assert a.read() == b.read()
+    layer = gzip.decompress(first.blob(first.manifest["layers"][0]))
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        assert tar.getmember("./etc/sparse").size == 8 * 1024 * 1024
+        with open(sparse, "rb") as f:
+            assert tar.extractfile("./etc/sparse").read() == f.read()
 
 
 def test_without_epoch_created_is_now(oci_archive, tree, tmp_path):
