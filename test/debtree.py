@@ -52,12 +52,14 @@ def real_path(listed: str) -> str:
 def write_package(root: str, package: str, version: str = "1", files: Optional[List[str]] = None) -> None:
     spec = PACKAGES.get(package, {"source": None, "files": files or []})
     files = files or spec["files"]
+    installed = 0
     for listed in files:
         size = 5 * 1024 * 1024 if package == "bigdata" else 2000
         data = content(listed, version, size)
         if package == "bigdata":  # too random to shrink much: a big blob
             data = random.Random(version).randbytes(size)
         _write(root, real_path(listed), data, 0o755 if "/bin/" in listed else 0o644)
+        installed += len(data)
     parents = set()
     for listed in files:
         parent = os.path.dirname(listed)
@@ -70,7 +72,7 @@ def write_package(root: str, package: str, version: str = "1", files: Optional[L
     stanza = f"Package: {package}\nStatus: install ok installed\nArchitecture: {spec.get('arch', 'all')}\n"
     if spec.get("source"):
         stanza += f"Source: {spec['source']}\n"
-    stanza += f"Version: {version}\nDescription: test package {package}\n"
+    stanza += f"Version: {version}\nInstalled-Size: {(installed + 1023) // 1024}\nDescription: test package {package}\n"
     with open(os.path.join(root, "var/lib/dpkg/status"), "a", encoding="utf-8") as f:
         f.write(stanza + "\n")
 

@@ -24,11 +24,11 @@ def build(module, tree, outdir, **options):
     return Archive(os.path.join(outdir, opts["filename"]))
 
 
-def layer_tars(archive):
+def layer_tars(archive, compression="gzip"):
     """Every layer as a list of TarInfo, in order"""
     out = []
     for desc in archive.manifest["layers"]:
-        data = decompress(archive.blob(desc), "gzip")
+        data = decompress(archive.blob(desc), compression)
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             out.append(tar.getmembers())
     return out
@@ -74,6 +74,23 @@ def test_dpkg_sources_group_binary_packages_by_source(oci_archive):
     assert sources[b"coreutils"] == b"coreutils"
 
 
+def test_group_sizes_come_from_the_database(oci_archive, tmp_path):
+    """What dpkg's Installed-Size (KiB) and rpm's SIZE/LONGSIZE say, summed per source package"""
+    status = (b"Package: libfoo1\nArchitecture: amd64\nSource: foo\nInstalled-Size: 10\n\n"
+              b"Package: foo-tools\nSource: foo\nInstalled-Size: 3\n\n"
+              b"Package: bar\nInstalled-Size: unknown\n")
+    sizes = {}
+    oci_archive.dpkg_sources(status, sizes)
+    assert sizes == {b"libfoo1": 10240, b"libfoo1:amd64": 10240, b"foo-tools": 3072}
+    root = make_debian_tree(str(tmp_path / "tree"))
+    sizes = {}
+    oci_archive.dpkg_owners(os.fsencode(root), oci_archive.PathCanon(os.fsencode(root)), print, sizes)
+    assert sizes[b"bigdata"] == 5 * 1024 * 1024
+    assert sizes[b"foo"] == 2 * 2048, "libfoo1:amd64 and foo-tools, 2000 bytes each, in KiB"
+    header = oci_archive.rpm_header(rpm_blob({1000: (6, b"big"), 1009: (4, [7]), 5009: (5, [2**33])}))
+    assert header[1009] == [7] and header[5009] == [2**33]
+
+
 def rpm_blob(tags):
     """An RPM header blob as rpmdb.sqlite stores it (index count, data length, index, data)"""
     index, data = b"", b""
@@ -82,8 +99,8 @@ def rpm_blob(tags):
             payload, count = b"".join(v + b"\0" for v in value), len(value)
         elif kind == 6:
             payload, count = value + b"\0", 1
-        else:  # int32 / int16 arrays, aligned
-            width = 4 if kind == 4 else 2
+        else:  # int64 / int32 / int16 arrays, aligned
+            width = {5: 8, 4: 4, 3: 2}[kind]
             data += b"\0" * (-len(data) % width)
             payload, count = b"".join(v.to_bytes(width, "big") for v in value), len(value)
         index += b"".join(x.to_bytes(4, "big") for x in (tag, kind, len(data), count))
@@ -98,6 +115,7 @@ def test_rpm_headers_name_files_and_source(oci_archive, tmp_path):
     os.symlink("usr/bin", root / "bin")
     blob = rpm_blob({
         1000: (6, b"coreutils-single"),
+        1009: (4, [123456]),
         1030: (3, [0o100755, 0o040755]),
         1044: (6, b"coreutils-9.1-1.fc38.src.rpm"),
         1116: (4, [0, 1]),
@@ -111,8 +129,10 @@ def test_rpm_headers_name_files_and_source(oci_archive, tmp_path):
     db.close()
     header = oci_archive.rpm_header(blob)
     assert oci_archive.rpm_source_name(header) == b"coreutils"
-    owners = oci_archive.rpm_owners(os.fsencode(root), oci_archive.PathCanon(os.fsencode(root)), print)
+    sizes = {}
+    owners = oci_archive.rpm_owners(os.fsencode(root), oci_archive.PathCanon(os.fsencode(root)), print, sizes)
     assert owners == {b"usr/bin/ls": b"coreutils"}, "directories are not owned; /bin resolved"
+    assert sizes == {b"coreutils": 123456}
 
 
 def test_unreadable_database_is_not_an_error(oci_archive, tmp_path, capsys):
@@ -271,6 +291,73 @@ def test_layered_image_is_the_tree(oci_archive, debtree, tmp_path):
         for info in members:
             merged[info.name] = entry_view(info)
     assert merged == expected
+
+
+def merged_view(archive, compression="gzip"):
+    """Path -> what it is, after applying the layers in order, and each file's content"""
+    merged = {}
+    for desc in archive.manifest["layers"]:
+        with tarfile.open(fileobj=io.BytesIO(decompress(archive.blob(desc), compression)), mode="r:") as tar:
+            for info in tar.getmembers():
+                data = tar.extractfile(info).read() if info.isreg() else None
+                merged[info.name] = (entry_view(info), data)
+    return merged
+
+
+def add_awkward_files(tree):
+    """Long names and link names (pax records), a sparse file, a big file, in packages and outside"""
+    deep = "/usr/share/doc/coreutils/" + "d" * 90 + "/" + "f" * 120
+    write_package(tree, "longnames", files=[deep, "/usr/bin/" + "t" * 150])
+    os.symlink("x" * 200, os.path.join(tree, "usr/share/doc/coreutils", "l" * 110))
+    os.link(os.path.join(tree, "usr/bin", "t" * 150), os.path.join(tree, "usr/bin", "u" * 150))
+    with open(os.path.join(tree, "var/sparse"), "wb") as f:
+        f.truncate(6 * 1024 * 1024)
+        f.seek(2 * 1024 * 1024)
+        f.write(b"middle")
+    with open(os.path.join(tree, "opt/app/big"), "wb") as f:
+        f.write(os.urandom(3 * 1024 * 1024 + 100))
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_layered_image_holds_every_byte(oci_archive, debtree, tmp_path, compression):
+    """Names that need pax records, sparse and big files, hard links: the
+    layers together are the single layer, content included, in every compression"""
+    add_awkward_files(debtree)
+    single = build(oci_archive, debtree, tmp_path / "one", compression=compression)
+    layered = build(oci_archive, debtree, tmp_path / "many", compression=compression, layers={"paths": [APP]})
+    assert len(layered.manifest["layers"]) > 3
+    assert merged_view(layered, compression) == merged_view(single, compression)
+    tars = layer_tars(layered, compression)
+    history = [h["created_by"] for h in layered.config["history"]]
+    longnames = next(i for i, line in enumerate(history) if "longnames" in line)
+    names = {info.name for info in tars[longnames]}
+    assert "./usr/bin/" + "t" * 150 in names and "./usr/bin/" + "u" * 150 in names, "the link follows its target"
+    app = history.index("osbuild oci-archive: paths app")
+    assert "./opt/app/big" in {info.name for info in tars[app]}
+
+
+def test_many_open_pieces_are_cut_early(oci_archive, debtree, tmp_path, monkeypatch):
+    """Memory of the open pieces is bounded: cutting them early changes pieces, not the image"""
+    add_awkward_files(debtree)
+    whole = build(oci_archive, debtree, tmp_path / "a", layers={"max": 127})
+    monkeypatch.setattr(oci_archive, "OPEN_PIECES_MAX", 64 * 1024)
+    bounded = build(oci_archive, debtree, tmp_path / "b", layers={"max": 127})
+    assert bounded.config["rootfs"]["diff_ids"] == whole.config["rootfs"]["diff_ids"]
+    assert merged_view(bounded) == merged_view(whole)
+
+
+@pytest.mark.parametrize("script,problem", [
+    ("head -c 5000 /dev/zero; exit 3", "sh exited with status 3"),
+    ("true", "tar's stream ends without its end-of-archive blocks"),
+    ("printf 'x%.0s' $(seq 2000)", "no tar header at byte 0 of tar's stream"),
+])
+def test_a_failing_layered_build_leaves_nothing(oci_archive, debtree, tmp_path, monkeypatch, script, problem):
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(oci_archive, "layer_tar_argv", lambda tree, epoch: ["sh", "-c", script])
+    with pytest.raises(RuntimeError, match=problem):
+        oci_archive.main(str(out), {"tree": {"path": debtree}}, dict(BASE, layers={}))
+    assert os.listdir(out) == [], "neither the archive nor the spill file is left"
 
 
 def test_layered_archive_is_reproducible(oci_archive, debtree, tmp_path):
