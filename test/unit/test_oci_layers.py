@@ -336,6 +336,20 @@ def test_layered_image_holds_every_byte(oci_archive, debtree, tmp_path, compress
     assert "./opt/app/big" in {info.name for info in tars[app]}
 
 
+def test_the_deepest_explicit_path_decides(oci_archive, debtree, tmp_path):
+    """A path group inside another one, and one inside the package state, win there"""
+    groups = [APP, {"name": "data", "paths": ["/opt/app/share/data.txt"]},
+              {"name": "log", "paths": ["/var/log/dpkg.log"]}]
+    archive = build(oci_archive, debtree, tmp_path / "out", layers={"paths": groups})
+    tars = layer_tars(archive)
+    history = [h["created_by"] for h in archive.config["history"]]
+    files = {line.rpartition(" ")[2]: {i.name for i in tars[k] if not i.isdir()}
+             for k, line in enumerate(history) if line.startswith("osbuild oci-archive: paths ")}
+    assert files == {"app": {"./opt/app/bin/app"}, "data": {"./opt/app/share/data.txt"},
+                     "log": {"./var/log/dpkg.log"}}
+    assert "./var/log/dpkg.log" not in {i.name for i in tars[-1]}
+
+
 def test_many_open_pieces_are_cut_early(oci_archive, debtree, tmp_path, monkeypatch):
     """Memory of the open pieces is bounded: cutting them early changes pieces, not the image"""
     add_awkward_files(debtree)
@@ -346,12 +360,13 @@ def test_many_open_pieces_are_cut_early(oci_archive, debtree, tmp_path, monkeypa
     assert merged_view(bounded) == merged_view(whole)
 
 
-@pytest.mark.parametrize("script,problem", [
+@pytest.mark.parametrize("case", [
     ("head -c 5000 /dev/zero; exit 3", "sh exited with status 3"),
     ("true", "tar's stream ends without its end-of-archive blocks"),
     ("printf 'x%.0s' $(seq 2000)", "no tar header at byte 0 of tar's stream"),
 ])
-def test_a_failing_layered_build_leaves_nothing(oci_archive, debtree, tmp_path, monkeypatch, script, problem):
+def test_a_failing_layered_build_leaves_nothing(oci_archive, debtree, tmp_path, monkeypatch, case):
+    script, problem = case
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.setattr(oci_archive, "layer_tar_argv", lambda tree, epoch: ["sh", "-c", script])
