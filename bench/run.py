@@ -370,6 +370,7 @@ SINGLE_PASS = "floor: tar | tee(sha256) | pigz | tee(sha256)"
 ENGINE = "ours: osbuild + oci-archive (gzip)"
 ALONE = "ours: assembler alone (gzip)"
 ALONE_CACHE = "ours: assembler alone, empty cache (gzip)"
+LAYERED = "ours: assembler alone, layered (gzip)"
 BASELINE = "2021 algorithm (tar, sha256sum, gzip, sha256sum, tar)"
 
 
@@ -423,7 +424,7 @@ def run_tree(name: str, tree: str, scratch: str, runs: int, items: List[Contende
 
     return {"tree": name, "path": tree, "bytes": size, "runs": runs, "rows": rows,
             "engine_vs_alone": ratio(ENGINE, ALONE), "engine_vs_alone_cache": ratio(ENGINE, ALONE_CACHE),
-            "cold_cache_vs_none": ratio(ALONE_CACHE, ALONE)}
+            "cold_cache_vs_none": ratio(ALONE_CACHE, ALONE), "layered_vs_single": ratio(LAYERED, ALONE)}
 
 
 def engine_overhead(scratch: str, runs: int) -> Dict[str, float]:
@@ -549,7 +550,8 @@ def markdown(results: Dict[str, Any]) -> str:
                           ("engine_vs_alone_cache", "Through `osbuild` / assembler alone with an empty cache "
                                                     "(the engine's own cost)"),
                           ("cold_cache_vs_none", "Assembler alone, empty cache / no cache (a first build's "
-                                                 "cost of filling the cache)")):
+                                                 "cost of filling the cache)"),
+                          ("layered_vs_single", "Assembler alone, layered / one layer")):
             if tree.get(key):
                 lines.append(f"- {text}: {tree[key]:.3f}")
         lines.append("")
