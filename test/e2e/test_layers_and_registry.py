@@ -90,6 +90,23 @@ def test_podman_pulls_the_layered_image_as_the_tree(layered):
         podman(layered["tmp"], "image", "unmount", "localhost/layered:latest")
 
 
+def test_podman_pulls_a_layered_zstd_image_as_the_tree(layered, tmp_path_factory, libdir):
+    """Layered zstd blobs are zstd frames, one per piece, one after the other"""
+    osbuild = Runner(tmp_path_factory.mktemp("layered-zstd"), libdir)
+    manifest = layered_manifest(tag="layered-zstd")
+    manifest["pipeline"]["assembler"]["options"]["compression"] = "zstd"
+    proc = osbuild(manifest)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    archive = os.path.join(osbuild.output, "image.tar")
+    assert len(Archive(archive).manifest["layers"]) >= 4
+    podman(layered["tmp"], "pull", "--quiet", f"oci-archive:{archive}")
+    mountpoint = podman(layered["tmp"], "image", "mount", "localhost/layered-zstd:latest").strip()
+    try:
+        assert_tree_equal(layered["tree"], mountpoint)
+    finally:
+        podman(layered["tmp"], "image", "unmount", "localhost/layered-zstd:latest")
+
+
 def test_docker_archive_side_matches_the_oci_side(layered, tmp_path):
     archive = Archive(layered["archive"])
     docker = json.loads(archive.members["manifest.json"])

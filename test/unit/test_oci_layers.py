@@ -358,6 +358,24 @@ def test_many_open_pieces_are_cut_early(oci_archive, debtree, tmp_path, monkeypa
     bounded = build(oci_archive, debtree, tmp_path / "b", layers={"max": 127})
     assert bounded.config["rootfs"]["diff_ids"] == whole.config["rootfs"]["diff_ids"]
     assert merged_view(bounded) == merged_view(whole)
+    assert changed_blobs(whole, bounded), "pieces were cut early: other gzip members"
+
+
+def test_a_repeated_parent_keeps_all_but_its_mtime(oci_archive):
+    """Its pax mtime record goes (another package's install moves it), xattrs stay; valid headers"""
+    info = tarfile.TarInfo("./usr/bin/")
+    info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o750, 7, 8, 1234567
+    info.pax_headers = {"mtime": "1234567.25", "SCHILY.xattr.user.note": "kept"}
+    raw = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    repeated = oci_archive.repeated_header(raw, 42)
+    with tarfile.open(fileobj=io.BytesIO(repeated + bytes(1024)), mode="r:") as tar:
+        (entry,) = tar.getmembers()
+    assert (entry.name, entry.mode, entry.uid, entry.gid, entry.mtime) == ("./usr/bin", 0o750, 7, 8, 42)
+    assert entry.pax_headers == {"SCHILY.xattr.user.note": "kept"}
+    only_mtime = tarfile.TarInfo("./etc/")
+    only_mtime.type, only_mtime.pax_headers = tarfile.DIRTYPE, {"mtime": "5.5"}
+    plain = oci_archive.repeated_header(only_mtime.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), 42)
+    assert len(plain) == tarfile.BLOCKSIZE, "no pax header left with nothing in it"
 
 
 @pytest.mark.parametrize("case", [
