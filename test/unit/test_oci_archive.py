@@ -200,39 +200,35 @@ DRIP = "import os, sys\nwith open(sys.argv[1], 'rb') as f:\n    while chunk := f
        "        os.write(1, chunk)\n"
 
 
-def chunked(oci_archive, data, workers, piece, path, layers=1):  # noqa: PLR0917
-    """Compress `data` as each of `layers` layers, arriving `piece` bytes at a time; the blobs"""
+def tar_of(data):
+    """A pax tar stream holding one file with `data`"""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("./data")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def chunked(oci_archive, stream, workers, piece, path):
+    """The gzip blob of the tar `stream` arriving `piece` bytes at a time, compressed by `workers`"""
     source = f"{path}.in"
     with open(source, "wb") as f:
-        f.write(data)
+        f.write(stream)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     blob = oci_archive.BlobWriter(fd)
     argv = [sys.executable, "-c", DRIP, source, str(piece)]
     try:
-        results = oci_archive.ChunkedLayers([argv] * layers, ["libdeflate-gzip", "-c", "-6"], blob, workers).run(0)
+        (result,) = oci_archive.SplitLayers(argv, ["libdeflate-gzip", "-c", "-6"], blob, workers).run(0)
     finally:
         blob.close()
         os.close(fd)
     with open(path, "rb") as f:
         archive = f.read()
-    blobs = []
-    offset = 0
-    for result in results:
-        assert result["raw_size"] == len(data) and result["diff_id"] == sha256(data)
-        output = archive[offset + oci_archive.RESERVED:offset + oci_archive.RESERVED + result["size"]]
-        assert result["digest"] == sha256(output)
-        blobs.append(output)
-        offset += oci_archive.RESERVED + result["size"] + (-result["size"] % 512)
-    assert len(blobs) == layers
-    return blobs[0]
-
-
-def test_layers_are_written_one_after_the_other(oci_archive, tmp_path):
-    if not shutil.which("libdeflate-gzip"):
-        pytest.fail("libdeflate-gzip is not installed (tools/setup installs it)")
-    data = b"".join(os.urandom(100) + b"y" * 3000 for _ in range(3000))
-    # three layers of the same stream: three equal blobs, each behind its own header
-    assert gzip.decompress(chunked(oci_archive, data, 2, 65536, tmp_path / "out", layers=3)) == data
+    assert result["raw_size"] == len(stream) and result["diff_id"] == sha256(stream)
+    output = archive[oci_archive.RESERVED:oci_archive.RESERVED + result["size"]]
+    assert result["digest"] == sha256(output)
+    return output
 
 
 def test_incompressible_detection(oci_archive):
@@ -250,9 +246,9 @@ def test_incompressible_pieces_are_stored(oci_archive, tmp_path):
     if not shutil.which("libdeflate-gzip"):
         pytest.fail("libdeflate-gzip is not installed (tools/setup installs it)")
     size = oci_archive.CHUNK_SIZE
-    data = os.urandom(size) + b"compress me " * (size // 12) + os.urandom(1000)
-    output = chunked(oci_archive, data, 2, 65536, tmp_path / "out")
-    assert gzip.decompress(output) == data
+    stream = tar_of(os.urandom(size) + b"compress me " * (size // 12) + os.urandom(1000))
+    output = chunked(oci_archive, stream, 2, 65536, tmp_path / "out")
+    assert gzip.decompress(output) == stream
     assert len(output) < size + size // 4  # the text piece was compressed
     assert len(output) > size  # the random piece was stored, not lost
 
@@ -260,11 +256,11 @@ def test_incompressible_pieces_are_stored(oci_archive, tmp_path):
 def test_chunked_output_does_not_depend_on_workers(oci_archive, tmp_path):
     if not shutil.which("libdeflate-gzip"):
         pytest.fail("libdeflate-gzip is not installed (tools/setup installs it)")
-    data = b"".join(os.urandom(1000) + b"x" * 3000 for _ in range(2500))
-    one = chunked(oci_archive, data, 1, 1 << 20, tmp_path / "one")
-    three = chunked(oci_archive, data, 3, 12345, tmp_path / "three")
+    stream = tar_of(b"".join(os.urandom(1000) + b"x" * 3000 for _ in range(2500)))
+    one = chunked(oci_archive, stream, 1, 1 << 20, tmp_path / "one")
+    three = chunked(oci_archive, stream, 3, 12345, tmp_path / "three")
     assert one == three
-    assert gzip.decompress(one) == data
+    assert gzip.decompress(one) == stream
 
 
 @pytest.mark.parametrize("size", [0, 1, 2**33 - 1, 2**33, 2**40])

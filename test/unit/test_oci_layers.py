@@ -383,13 +383,17 @@ def test_a_repeated_parent_keeps_all_but_its_mtime(oci_archive):
     ("true", "tar's stream ends without its end-of-archive blocks"),
     ("printf 'x%.0s' $(seq 2000)", "no tar header at byte 0 of tar's stream"),
 ])
-def test_a_failing_layered_build_leaves_nothing(oci_archive, debtree, tmp_path, monkeypatch, case):
+@pytest.mark.parametrize("layered", [True, False])
+def test_a_failing_build_leaves_nothing(oci_archive, debtree, tmp_path, monkeypatch, case, layered):  # noqa: PLR0917
+    """tar failing, ending early, or writing what is not tar: layered and not"""
     script, problem = case
+    layers = {} if layered else None
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.setattr(oci_archive, "layer_tar_argv", lambda tree, epoch: ["sh", "-c", script])
+    options = dict(BASE) if layers is None else dict(BASE, layers=layers)
     with pytest.raises(RuntimeError, match=problem):
-        oci_archive.main(str(out), {"tree": {"path": debtree}}, dict(BASE, layers={}))
+        oci_archive.main(str(out), {"tree": {"path": debtree}}, options)
     assert os.listdir(out) == [], "neither the archive nor the spill file is left"
 
 
