@@ -81,13 +81,17 @@ def test_umoci_unpacks_the_layered_image_to_the_tree(layered, tmp_path):
     assert_tree_equal(layered["tree"], umoci_unpack(layered["archive"], "layered", str(tmp_path)))
 
 
-def test_podman_pulls_the_layered_image_as_the_tree(layered):
-    podman(layered["tmp"], "pull", "--quiet", f"oci-archive:{layered['archive']}")
-    mountpoint = podman(layered["tmp"], "image", "mount", "localhost/layered:latest").strip()
+def assert_podman_pulls_the_tree(layered, archive, name):
+    podman(layered["tmp"], "pull", "--quiet", f"oci-archive:{archive}")
+    mountpoint = podman(layered["tmp"], "image", "mount", f"localhost/{name}:latest").strip()
     try:
         assert_tree_equal(layered["tree"], mountpoint)
     finally:
-        podman(layered["tmp"], "image", "unmount", "localhost/layered:latest")
+        podman(layered["tmp"], "image", "unmount", f"localhost/{name}:latest")
+
+
+def test_podman_pulls_the_layered_image_as_the_tree(layered):
+    assert_podman_pulls_the_tree(layered, layered["archive"], "layered")
 
 
 def test_podman_pulls_a_layered_zstd_image_as_the_tree(layered, tmp_path_factory, libdir):
@@ -99,12 +103,7 @@ def test_podman_pulls_a_layered_zstd_image_as_the_tree(layered, tmp_path_factory
     assert proc.returncode == 0, proc.stderr + proc.stdout
     archive = os.path.join(osbuild.output, "image.tar")
     assert len(Archive(archive).manifest["layers"]) >= 4
-    podman(layered["tmp"], "pull", "--quiet", f"oci-archive:{archive}")
-    mountpoint = podman(layered["tmp"], "image", "mount", "localhost/layered-zstd:latest").strip()
-    try:
-        assert_tree_equal(layered["tree"], mountpoint)
-    finally:
-        podman(layered["tmp"], "image", "unmount", "localhost/layered-zstd:latest")
+    assert_podman_pulls_the_tree(layered, archive, "layered-zstd")
 
 
 def test_docker_archive_side_matches_the_oci_side(layered, tmp_path):
