@@ -571,6 +571,9 @@ def chart(results: Dict[str, Any], path: str) -> bool:
         log("bench: matplotlib is not installed, no chart (pip install matplotlib)")
         return False
     trees = results["trees"]
+    if not any(r["vs_single_pass_floor"] is not None for tree in trees for r in tree["rows"]):
+        log("bench: no chart: the single-pass floor was not run (--only)")
+        return False
     fig, axes = plt.subplots(len(trees), 1, figsize=(11, 1.2 + 0.45 * len(trees[0]["rows"]) * len(trees)),
                              squeeze=False)
     for ax, tree in zip(axes[:, 0], trees):
