@@ -97,6 +97,23 @@ def test_cuts_fall_on_entry_boundaries(oci_archive, tmp_path, tree_a):
     assert sum(c in headers for c in cuts) >= len(cuts) // 2
 
 
+def test_big_files_are_cut_inside_at_their_own_offsets(oci_archive, tmp_path):
+    """Inside a big file every PIECE_INNER bytes from its data's start"""
+    inner = oci_archive.PIECE_INNER
+    root = tmp_path / "big"
+    root.mkdir()
+    (root / "a-exact").write_bytes(b"exact " * (2 * inner // 6))
+    (root / "b-longer").write_bytes(b"longer " * ((2 * inner + 1000) // 7))
+    archive = Archive(_built(oci_archive, str(root), tmp_path))
+    cuts = set(itertools.accumulate(piece_sizes(archive.blob(archive.manifest["layers"][0]))))
+    with tarfile.open(fileobj=io.BytesIO(archive.layer_tar)) as tar:
+        exact, longer = tar.getmember("./a-exact"), tar.getmember("./b-longer")
+    assert {exact.offset, longer.offset} <= cuts, "before each big entry"
+    assert {longer.offset_data + inner, longer.offset_data + 2 * inner} <= cuts
+    assert exact.offset_data + inner in cuts
+    assert len(cuts) == 6, "the root, a-exact in two, b-longer in three"
+
+
 def _built(module, tree, tmp_path):
     build(module, tree, tmp_path / "plain")
     return os.path.join(tmp_path / "plain", "image.tar")
