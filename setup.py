@@ -1,4 +1,4 @@
-"""Install the osbuild package, its command and its modules"""
+"""Install the osbuild engine, the ociarchive package, their commands and the modules"""
 
 import os
 import shutil
@@ -29,10 +29,10 @@ setup(
     version="1.0.0",
     description="Build operating system images and OCI archives from JSON manifests",
     license="Apache-2.0",
-    packages=["osbuild", "osbuild.formats", "osbuild.util"],
+    packages=["osbuild", "osbuild.formats", "osbuild.util", "ociarchive"],
     package_data={"osbuild": ["schemas/*.json"]},
     python_requires=">=3.9",
     install_requires=["jsonschema"],
-    entry_points={"console_scripts": ["osbuild = osbuild.__main__:main"]},
+    entry_points={"console_scripts": ["osbuild = osbuild.__main__:main", "osbuild-oci = osbuild.oci_cli:main"]},
     cmdclass={"build_py": BuildWithModules},
 )

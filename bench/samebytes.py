@@ -27,9 +27,11 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
-from assemble import load_assembler  # noqa: E402  pylint: disable=wrong-import-position
-from osbuild.objectstore import link_output  # noqa: E402  pylint: disable=wrong-import-position
-from test.debtree import EPOCH, make_debian_tree, set_times, write_package  # noqa: E402  pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position,wrong-import-order  # the paths above first
+from assemble import load_assembler  # noqa: E402
+
+from osbuild.objectstore import link_output  # noqa: E402
+from test.debtree import EPOCH, make_debian_tree, set_times, write_package  # noqa: E402
 
 
 def awkward_tree(root: str) -> str:

@@ -8,6 +8,7 @@ The runner of the build root starts the module; its output is streamed line
 by line to a callback as it comes.
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -33,6 +34,9 @@ CAPABILITIES = [
 ]
 
 LIB_FOLDERS = ["stages", "assemblers", "inputs", "sources", "runners", "devices", "mounts"]
+# our packages that modules import from the libdir's top (as upstream's
+# modules import osbuild.util): the libdir's own copy, else the installed one
+LIB_PACKAGES = ["ociarchive"]
 
 
 class SandboxError(Exception):
@@ -43,9 +47,17 @@ def _package_dir() -> str:
     return os.path.dirname(os.path.abspath(__file__))
 
 
-def _has_package(libdir: str) -> bool:
-    path = os.path.join(libdir, "osbuild")
+def _has_package(libdir: str, name: str = "osbuild") -> bool:
+    path = os.path.join(libdir, name)
     return os.path.isdir(path) and bool(os.listdir(path))
+
+
+def _installed_package(name: str) -> Optional[str]:
+    """The folder of an importable package, found without importing it"""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.abspath(list(spec.submodule_search_locations)[0])
 
 
 class BuildRoot:
@@ -106,6 +118,10 @@ class BuildRoot:
                 cmd += ["--ro-bind", path, f"/run/osbuild/lib/{folder}"]
         package = os.path.join(self.libdir, "osbuild") if _has_package(self.libdir) else _package_dir()
         cmd += ["--ro-bind", package, "/run/osbuild/lib/osbuild"]
+        for name in LIB_PACKAGES:
+            found = os.path.join(self.libdir, name) if _has_package(self.libdir, name) else _installed_package(name)
+            if found:
+                cmd += ["--ro-bind", found, f"/run/osbuild/lib/{name}"]
         cmd += ["--remount-ro", "/run/osbuild/lib"]
         cmd += ["--ro-bind", module, f"/run/osbuild/bin/{name}"]
         for source, target in readonly_binds:

@@ -45,7 +45,7 @@ def install() -> None:
         signal.signal(signum, _handler)
 
 
-def report(error: Interrupted) -> int:
+def report(error: Interrupted, prog: str = "osbuild") -> int:
     """Say that the build was interrupted; the exit status for it"""
-    print(f"\nosbuild: interrupted ({error.name}), nothing was kept of the unfinished work", file=sys.stderr)
+    print(f"\n{prog}: interrupted ({error.name}), nothing was kept of the unfinished work", file=sys.stderr)
     return error.exit_status

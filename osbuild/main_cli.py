@@ -22,7 +22,7 @@ from .formats import v1
 from .inputs import InputError
 from .interrupt import Interrupted, install
 from .interrupt import report as report_interrupt
-from .meta import Index, ModuleError, host_os_release, json_path
+from .meta import Index, ModuleError, default_libdir, host_os_release, json_path
 from .monitor import BaseMonitor, LogMonitor
 from .objectstore import ObjectStore
 from .pipeline import BuildError, Manifest
@@ -32,15 +32,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_INTERRUPTED = 130
-
-
-def default_libdir() -> str:
-    """The modules next to the package: a source checkout, or the installed copy"""
-    package = os.path.dirname(os.path.abspath(__file__))
-    checkout = os.path.dirname(package)
-    if os.path.isdir(os.path.join(checkout, "stages")) and os.path.isdir(os.path.join(checkout, "runners")):
-        return checkout
-    return os.path.join(package, "_libdir")
 
 
 UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,

@@ -277,6 +277,15 @@ def host_python() -> str:
     return MODULE_PYTHON if probe.returncode == 0 else sys.executable
 
 
+def default_libdir() -> str:
+    """The modules next to the package: a source checkout, or the installed copy"""
+    package = os.path.dirname(os.path.abspath(__file__))
+    checkout = os.path.dirname(package)
+    if os.path.isdir(os.path.join(checkout, "stages")) and os.path.isdir(os.path.join(checkout, "runners")):
+        return checkout
+    return os.path.join(package, "_libdir")
+
+
 def host_module_env() -> Dict[str, str]:
     """Environment for a module run on the host (inputs, sources): this
     osbuild package first on the Python path"""

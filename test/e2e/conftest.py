@@ -42,8 +42,8 @@ def needs_root_and_bwrap():
 def fixture_libdir(tmp_path_factory):
     """The repo's modules plus the test-only stages"""
     lib = tmp_path_factory.mktemp("libdir")
-    for folder in ("stages", "assemblers", "inputs", "runners", "sources"):
-        shutil.copytree(os.path.join(REPO, folder), lib / folder)
+    for folder in ("stages", "assemblers", "inputs", "runners", "sources", "ociarchive"):
+        shutil.copytree(os.path.join(REPO, folder), lib / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in os.listdir(os.path.join(REPO, "test", "data", "stages")):
         shutil.copy2(os.path.join(REPO, "test", "data", "stages", name), lib / "stages" / name)
     # the Debian-like test tree's maker, for stages: /run/osbuild/lib/stages/debtree.py

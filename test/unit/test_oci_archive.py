@@ -12,6 +12,13 @@ import tarfile
 
 import pytest
 
+import ociarchive.archive
+import ociarchive.build
+import ociarchive.compress
+import ociarchive.layout
+import ociarchive.options
+import ociarchive.split
+import ociarchive.tarstream
 from osbuild import meta
 from test.conftest import REPO
 from test.ocitools import Archive, sha256
@@ -60,7 +67,7 @@ def build(module, tree, outdir, **options):
 
 @pytest.mark.parametrize("name", ["image.tar", "a", "x" * 255, "my image.oci", ".hidden", "ünï.tar"])
 def test_safe_filename_accepts(oci_archive, name):
-    assert oci_archive.safe_filename(name) == name
+    assert ociarchive.options.safe_filename(name) == name
 
 
 @pytest.mark.parametrize("name,problem", [
@@ -76,7 +83,7 @@ def test_safe_filename_accepts(oci_archive, name):
 ])
 def test_safe_filename_rejects(oci_archive, name, problem):
     with pytest.raises(ValueError, match="options.filename") as e:
-        oci_archive.safe_filename(name)
+        ociarchive.options.safe_filename(name)
     assert problem in str(e.value)
 
 
@@ -96,29 +103,29 @@ def test_safe_filename_rejects(oci_archive, name, problem):
     ("riscv64", None, ("riscv64", None)),
 ])
 def test_platform_normalizes(oci_archive, name, variant, expected):
-    assert oci_archive.platform(name, variant) == expected
+    assert ociarchive.options.platform(name, variant) == expected
 
 
 def test_platform_rejects_unknown_with_list(oci_archive):
     with pytest.raises(ValueError, match="unknown, use one of .*aarch64.*amd64"):
-        oci_archive.platform("sparc")
+        ociarchive.options.platform("sparc")
     with pytest.raises(ValueError, match="not a variant of amd64"):
-        oci_archive.platform("amd64", "v7")
+        ociarchive.options.platform("amd64", "v7")
 
 
 def test_schema_architecture_enum_matches_table(oci_archive, schema):
-    assert sorted(schema["properties"]["architecture"]["enum"]) == sorted(oci_archive.ARCHITECTURES)
+    assert sorted(schema["properties"]["architecture"]["enum"]) == sorted(ociarchive.options.ARCHITECTURES)
 
 
 def test_config_defaults_match_schema(oci_archive, schema):
     props = schema["properties"]["config"]["properties"]
-    config = oci_archive.config_from_options({})
+    config = ociarchive.options.config_from_options({})
     assert config == {"Cmd": props["Cmd"]["default"], "Env": props["Env"]["default"]}
-    assert schema["properties"]["compression"]["default"] == oci_archive.DEFAULT_COMPRESSION
+    assert schema["properties"]["compression"]["default"] == ociarchive.options.DEFAULT_COMPRESSION
 
 
 def test_config_from_options_full(oci_archive):
-    config = oci_archive.config_from_options({
+    config = ociarchive.options.config_from_options({
         "Cmd": ["-c", "true"], "Entrypoint": ["/bin/sh"], "Env": ["A=1"], "User": "1000:1000",
         "ExposedPorts": ["80", "53/udp", "8080/tcp"], "Volumes": ["/data", "/var/log"],
         "Labels": {"a": "b"}, "StopSignal": "SIGINT", "WorkingDir": "/srv",
@@ -132,51 +139,51 @@ def test_config_from_options_full(oci_archive):
 
 
 def test_config_accepts_2021_stop_signal_misspelling(oci_archive):
-    assert oci_archive.config_from_options({"StopSiganl": "SIGKILL"})["StopSignal"] == "SIGKILL"
-    assert oci_archive.config_from_options({"StopSignal": "SIGINT"})["StopSignal"] == "SIGINT"
+    assert ociarchive.options.config_from_options({"StopSiganl": "SIGKILL"})["StopSignal"] == "SIGKILL"
+    assert ociarchive.options.config_from_options({"StopSignal": "SIGINT"})["StopSignal"] == "SIGINT"
     with pytest.raises(ValueError, match="disagree"):
-        oci_archive.config_from_options({"StopSignal": "SIGINT", "StopSiganl": "SIGKILL"})
+        ociarchive.options.config_from_options({"StopSignal": "SIGINT", "StopSiganl": "SIGKILL"})
 
 
 @pytest.mark.parametrize("ports", [["http"], ["0"], ["70000"], ["80/icmp"]])
 def test_config_rejects_bad_ports(oci_archive, ports):
     with pytest.raises(ValueError, match="ExposedPorts"):
-        oci_archive.config_from_options({"ExposedPorts": ports})
+        ociarchive.options.config_from_options({"ExposedPorts": ports})
 
 
 def test_config_rejects_relative_volume(oci_archive):
     with pytest.raises(ValueError, match="Volumes 'data': must be an absolute path"):
-        oci_archive.config_from_options({"Volumes": ["data"]})
+        ociarchive.options.config_from_options({"Volumes": ["data"]})
 
 
 def test_layer_tar_argv_is_reproducible_and_filters_xattrs(oci_archive):
-    argv = oci_archive.layer_tar_argv("/tree", 42)
+    argv = ociarchive.tarstream.layer_tar_argv("/tree", 42)
     assert argv[0] == "tar" and argv[-1] == "."
     for flag in ["--format=posix", "--sort=name", "--numeric-owner", "--mtime=@42", "--clamp-mtime",
                  "--xattrs-include=security.capability", "--no-selinux"]:
         assert flag in argv
     assert "delete=atime,delete=ctime" in " ".join(argv)
-    assert not any(a.startswith("--mtime") for a in oci_archive.layer_tar_argv("/tree", None))
+    assert not any(a.startswith("--mtime") for a in ociarchive.tarstream.layer_tar_argv("/tree", None))
 
 
 def test_compressor_choice(oci_archive):
     def have(*names):
         return lambda name: name in names
 
-    chosen = oci_archive.compressor("gzip", None, have("libdeflate-gzip", "pigz", "gzip"))
+    chosen = ociarchive.compress.compressor("gzip", None, have("libdeflate-gzip", "pigz", "gzip"))
     assert (chosen.argv, chosen.chunked) == (["libdeflate-gzip", "-c", "-5"], True)
-    assert oci_archive.compressor("gzip", 9, have("libdeflate-gzip")).argv[-1] == "-9"
-    chosen = oci_archive.compressor("gzip", 4, have("pigz", "gzip"))
+    assert ociarchive.compress.compressor("gzip", 9, have("libdeflate-gzip")).argv[-1] == "-9"
+    chosen = ociarchive.compress.compressor("gzip", 4, have("pigz", "gzip"))
     assert (chosen.argv, chosen.chunked) == (["pigz", "--no-name", "--stdout", "-4"], False)
-    assert oci_archive.compressor("gzip", 1, have("gzip")).argv == ["gzip", "--no-name", "--stdout", "-1"]
-    assert oci_archive.compressor("zstd", None, have("zstd")).argv[:1] == ["zstd"]
-    assert oci_archive.compressor("none", None, have()) is None
+    assert ociarchive.compress.compressor("gzip", 1, have("gzip")).argv == ["gzip", "--no-name", "--stdout", "-1"]
+    assert ociarchive.compress.compressor("zstd", None, have("zstd")).argv[:1] == ["zstd"]
+    assert ociarchive.compress.compressor("none", None, have()) is None
     with pytest.raises(RuntimeError, match="zstd program is not in the build root"):
-        oci_archive.compressor("zstd", None, have())
+        ociarchive.compress.compressor("zstd", None, have())
     with pytest.raises(RuntimeError, match="none of libdeflate-gzip, pigz or gzip"):
-        oci_archive.compressor("gzip", None, have())
+        ociarchive.compress.compressor("gzip", None, have())
     with pytest.raises(ValueError, match="gzip takes 1-9"):
-        oci_archive.compressor("gzip", 12, have("pigz"))
+        ociarchive.compress.compressor("gzip", 12, have("pigz"))
 
 
 @pytest.mark.parametrize("program", ["libdeflate-gzip", "pigz", "gzip"])
@@ -185,10 +192,10 @@ def test_every_gzip_compressor_gives_a_valid_layer(oci_archive, spec, tmp_path, 
         pytest.fail(f"{program} is not installed (tools/setup installs it)")
     tree = make_tree(str(tmp_path / "tree"))
     with open(os.path.join(tree, "big"), "wb") as f:  # several chunks, the last one partial
-        for i in range(3 * oci_archive.CHUNK_SIZE // 4096 + 7):
+        for i in range(3 * ociarchive.split.CHUNK_SIZE // 4096 + 7):
             f.write(os.urandom(2048) + bytes([i % 256]) * 2048)
     real_which = shutil.which
-    monkeypatch.setattr(oci_archive.shutil, "which", lambda name: real_which(name) if name == program else None)
+    monkeypatch.setattr(ociarchive.compress.shutil, "which", lambda name: real_which(name) if name == program else None)
     archive = build(oci_archive, tree, tmp_path / "out")
     assert archive.config["rootfs"]["diff_ids"] == [sha256(archive.layer_tar)]
     spec.validate("manifest", archive.manifest)
@@ -216,36 +223,36 @@ def chunked(oci_archive, stream, workers, piece, path):
     with open(source, "wb") as f:
         f.write(stream)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    blob = oci_archive.BlobWriter(fd)
+    blob = ociarchive.archive.BlobWriter(fd)
     argv = [sys.executable, "-c", DRIP, source, str(piece)]
     try:
-        (result,) = oci_archive.SplitLayers(argv, ["libdeflate-gzip", "-c", "-6"], blob, workers).run(0)
+        (result,) = ociarchive.split.SplitLayers(argv, ["libdeflate-gzip", "-c", "-6"], blob, workers).run(0)
     finally:
         blob.close()
         os.close(fd)
     with open(path, "rb") as f:
         archive = f.read()
     assert result["raw_size"] == len(stream) and result["diff_id"] == sha256(stream)
-    output = archive[oci_archive.RESERVED:oci_archive.RESERVED + result["size"]]
+    output = archive[ociarchive.archive.RESERVED:ociarchive.archive.RESERVED + result["size"]]
     assert result["digest"] == sha256(output)
     return output
 
 
 def test_incompressible_detection(oci_archive):
-    size = oci_archive.CHUNK_SIZE
+    size = ociarchive.split.CHUNK_SIZE
     random = os.urandom(size)
     text = (b"the quick brown fox jumps over the lazy dog " * (size // 44 + 1))[:size]
     half = b"".join(random[i:i + 512 * 1024] + text[i:i + 512 * 1024] for i in range(0, size // 2, 512 * 1024))
-    assert oci_archive.incompressible(random)
-    assert not oci_archive.incompressible(text)
-    assert not oci_archive.incompressible(half), "half text must be compressed"
-    assert not oci_archive.incompressible(random[:1000]), "too small to judge"
+    assert ociarchive.compress.incompressible(random)
+    assert not ociarchive.compress.incompressible(text)
+    assert not ociarchive.compress.incompressible(half), "half text must be compressed"
+    assert not ociarchive.compress.incompressible(random[:1000]), "too small to judge"
 
 
 def test_incompressible_pieces_are_stored(oci_archive, tmp_path):
     if not shutil.which("libdeflate-gzip"):
         pytest.fail("libdeflate-gzip is not installed (tools/setup installs it)")
-    size = oci_archive.CHUNK_SIZE
+    size = ociarchive.split.CHUNK_SIZE
     stream = tar_of(os.urandom(size) + b"compress me " * (size // 12) + os.urandom(1000))
     output = chunked(oci_archive, stream, 2, 65536, tmp_path / "out")
     assert gzip.decompress(output) == stream
@@ -266,8 +273,8 @@ def test_chunked_output_does_not_depend_on_workers(oci_archive, tmp_path):
 @pytest.mark.parametrize("size", [0, 1, 2**33 - 1, 2**33, 2**40])
 def test_layer_prefix_fills_reserved_space(oci_archive, size):
     name = "blobs/sha256/" + "a" * 64
-    prefix = oci_archive.layer_prefix(name, size, 0)
-    assert len(prefix) == oci_archive.RESERVED
+    prefix = ociarchive.archive.layer_prefix(name, size, 0)
+    assert len(prefix) == ociarchive.archive.RESERVED
     blocks = [prefix[i:i + 512] for i in range(0, len(prefix), 512)]
     last = tarfile.TarInfo.frombuf(blocks[-1], "utf-8", "strict")
     assert last.name == name
@@ -441,7 +448,7 @@ def test_missing_compressor_is_named_and_leaves_nothing(oci_archive, tree, tmp_p
     out = tmp_path / "out"
     out.mkdir()
     real_which = shutil.which
-    monkeypatch.setattr(oci_archive.shutil, "which", lambda name: None if name == "zstd" else real_which(name))
+    monkeypatch.setattr(ociarchive.compress.shutil, "which", lambda name: None if name == "zstd" else real_which(name))
     with pytest.raises(RuntimeError, match="zstd"):
         oci_archive.main(str(out), {"tree": {"path": tree}}, dict(ARCH, compression="zstd"))
     assert os.listdir(out) == []
@@ -450,8 +457,8 @@ def test_missing_compressor_is_named_and_leaves_nothing(oci_archive, tree, tmp_p
 def test_dying_compressor_fails_the_build(oci_archive, tree, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setattr(oci_archive, "compressor",
-                        lambda *a: oci_archive.Compressor(["sh", "-c", "head -c 10 >/dev/null; exit 3"]))
+    monkeypatch.setattr(ociarchive.build, "compressor",
+                        lambda *a: ociarchive.compress.Compressor(["sh", "-c", "head -c 10 >/dev/null; exit 3"]))
     big = os.path.join(tree, "big")
     with open(big, "wb") as f:
         f.write(os.urandom(4 * 1024 * 1024))
@@ -463,8 +470,8 @@ def test_dying_compressor_fails_the_build(oci_archive, tree, tmp_path, monkeypat
 def test_dying_chunked_compressor_fails_the_build(oci_archive, tree, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setattr(oci_archive, "compressor",
-                        lambda *a: oci_archive.Compressor(["sh", "-c", "cat >/dev/null; exit 4"], chunked=True))
+    monkeypatch.setattr(ociarchive.build, "compressor",
+                        lambda *a: ociarchive.compress.Compressor(["sh", "-c", "cat >/dev/null; exit 4"], chunked=True))
     with pytest.raises(RuntimeError, match="sh exited with status 4"):
         oci_archive.main(str(out), {"tree": {"path": tree}}, dict(ARCH))
     assert os.listdir(out) == []
@@ -481,6 +488,6 @@ def test_bad_options_fail_before_work(oci_archive, tree, tmp_path):
 
 
 def test_json_blobs_are_canonical(oci_archive):
-    blob = oci_archive.json_blob({"b": 1, "a": {"d": [1, 2], "c": "é"}})
+    blob = ociarchive.layout.json_blob({"b": 1, "a": {"d": [1, 2], "c": "é"}})
     assert blob == '{"a":{"c":"é","d":[1,2]},"b":1}'.encode()
     assert json.loads(blob) == {"b": 1, "a": {"d": [1, 2], "c": "é"}}

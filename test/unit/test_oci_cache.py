@@ -11,6 +11,8 @@ import zlib
 
 import pytest
 
+import ociarchive.cache
+import ociarchive.split
 from osbuild.objectstore import link_output
 from test.ocitools import Archive
 
@@ -86,20 +88,20 @@ def test_cuts_fall_on_entry_boundaries(oci_archive, tmp_path, tree_a):
     with tarfile.open(fileobj=io.BytesIO(archive.layer_tar)) as tar:
         for info in tar:
             headers.add(info.offset)
-            if info.size >= oci_archive.BIG_ENTRY:
+            if info.size >= ociarchive.split.BIG_ENTRY:
                 big.append(info.offset_data)
     assert len(cuts) >= 4, "several pieces"
-    assert all(oci_archive.PIECE_MIN <= size <= oci_archive.CHUNK_SIZE for size in sizes[:-1])
+    assert all(ociarchive.split.PIECE_MIN <= size <= ociarchive.split.CHUNK_SIZE for size in sizes[:-1])
     # at the start of an entry, inside a big file's data at a multiple of
     # PIECE_INNER; only where none of those qualified, at CHUNK_SIZE
-    inside = {start + k * oci_archive.PIECE_INNER for start in big for k in range(1, 64)}
-    assert all(c in headers or c in inside or size == oci_archive.CHUNK_SIZE for c, size in zip(cuts, sizes))
+    inside = {start + k * ociarchive.split.PIECE_INNER for start in big for k in range(1, 64)}
+    assert all(c in headers or c in inside or size == ociarchive.split.CHUNK_SIZE for c, size in zip(cuts, sizes))
     assert sum(c in headers for c in cuts) >= len(cuts) // 2
 
 
 def test_big_files_are_cut_inside_at_their_own_offsets(oci_archive, tmp_path):
     """Inside a big file every PIECE_INNER bytes from its data's start"""
-    inner = oci_archive.PIECE_INNER
+    inner = ociarchive.split.PIECE_INNER
     root = tmp_path / "big"
     root.mkdir()
     (root / "a-exact").write_bytes(b"exact " * (2 * inner // 6))
@@ -195,7 +197,7 @@ def test_cache_is_bounded(oci_archive, tmp_path, tree_a):
     cache = str(tmp_path / "cache")
     for i in range(3):
         build(oci_archive, tree_a, tmp_path / f"build{i}", cache=cache)
-    pieces = oci_archive.PieceCache(cache, ["libdeflate-gzip", "-c", "-5"])
+    pieces = ociarchive.cache.PieceCache(cache, ["libdeflate-gzip", "-c", "-5"])
     outputs = os.listdir(os.path.join(cache, "outputs"))
     size = os.path.getsize(os.path.join(tmp_path / "build0", "image.tar"))
     assert len(outputs) == 3
@@ -233,9 +235,9 @@ def test_an_index_whose_archive_is_gone_goes_after_a_day(oci_archive, tmp_path, 
     cache = str(tmp_path / "cache")
     build(oci_archive, tree_a, tmp_path / "first", cache=cache, keep=False)
     index = os.path.join(cache, "pieces-v2", os.listdir(os.path.join(cache, "pieces-v2"))[0])
-    oci_archive.PieceCache(cache, ["libdeflate-gzip", "-c", "-5"])
+    ociarchive.cache.PieceCache(cache, ["libdeflate-gzip", "-c", "-5"])
     assert os.path.exists(index), "a build may still be running: its archive is linked when it ends"
     old = os.stat(index).st_mtime - 2 * 24 * 3600
     os.utime(index, (old, old))
-    oci_archive.PieceCache(cache, ["libdeflate-gzip", "-c", "-5"])
+    ociarchive.cache.PieceCache(cache, ["libdeflate-gzip", "-c", "-5"])
     assert not os.path.exists(index)

@@ -8,6 +8,13 @@ import tarfile
 
 import pytest
 
+import ociarchive.build
+import ociarchive.options
+import ociarchive.owners
+import ociarchive.plan
+import ociarchive.split
+import ociarchive.tarstream
+import ociarchive.util
 from osbuild import meta
 from test.conftest import REPO
 from test.debtree import EPOCH, make_debian_tree, write_package
@@ -54,12 +61,12 @@ def test_resolve_in_tree_follows_the_trees_own_links(oci_archive, tmp_path):
     os.symlink("/usr", root / "abs")  # absolute: the tree's /usr, never the host's
     os.symlink("loop", root / "loop")
     base = os.fsencode(root)
-    assert oci_archive.resolve_in_tree(base, b"/bin") == b"usr/bin"
-    assert oci_archive.resolve_in_tree(base, b"/abs/bin") == b"usr/bin"
-    assert oci_archive.resolve_in_tree(base, b"/../../bin/../bin") == b"usr/bin"
-    assert oci_archive.resolve_in_tree(base, b"/missing/x") == b"missing/x"
-    assert oci_archive.resolve_in_tree(base, b"/loop/x") is None
-    canon = oci_archive.PathCanon(base)
+    assert ociarchive.owners.resolve_in_tree(base, b"/bin") == b"usr/bin"
+    assert ociarchive.owners.resolve_in_tree(base, b"/abs/bin") == b"usr/bin"
+    assert ociarchive.owners.resolve_in_tree(base, b"/../../bin/../bin") == b"usr/bin"
+    assert ociarchive.owners.resolve_in_tree(base, b"/missing/x") == b"missing/x"
+    assert ociarchive.owners.resolve_in_tree(base, b"/loop/x") is None
+    canon = ociarchive.owners.PathCanon(base)
     assert canon(b"/bin/ls") == b"usr/bin/ls"
     assert canon(b"/bin") == b"bin", "the last component is not resolved"
     assert canon(b"/.") is None
@@ -69,7 +76,7 @@ def test_dpkg_sources_group_binary_packages_by_source(oci_archive):
     status = (b"Package: libfoo1\nArchitecture: amd64\nSource: foo (1.2-3)\n\n"
               b"Package: foo-tools\nSource: foo\nDescription: x\n more text: with colon\n\n"
               b"Package: coreutils\nArchitecture: amd64\n")
-    sources = oci_archive.dpkg_sources(status)
+    sources = ociarchive.owners.dpkg_sources(status)
     assert sources[b"libfoo1"] == sources[b"libfoo1:amd64"] == sources[b"foo-tools"] == b"foo"
     assert sources[b"coreutils"] == b"coreutils"
 
@@ -80,14 +87,14 @@ def test_group_sizes_come_from_the_database(oci_archive, tmp_path):
               b"Package: foo-tools\nSource: foo\nInstalled-Size: 3\n\n"
               b"Package: bar\nInstalled-Size: unknown\n")
     sizes = {}
-    oci_archive.dpkg_sources(status, sizes)
+    ociarchive.owners.dpkg_sources(status, sizes)
     assert sizes == {b"libfoo1": 10240, b"libfoo1:amd64": 10240, b"foo-tools": 3072}
     root = make_debian_tree(str(tmp_path / "tree"))
     sizes = {}
-    oci_archive.dpkg_owners(os.fsencode(root), oci_archive.PathCanon(os.fsencode(root)), print, sizes)
+    ociarchive.owners.dpkg_owners(os.fsencode(root), ociarchive.owners.PathCanon(os.fsencode(root)), print, sizes)
     assert sizes[b"bigdata"] == 5 * 1024 * 1024
     assert sizes[b"foo"] == 2 * 2048, "libfoo1:amd64 and foo-tools, 2000 bytes each, in KiB"
-    header = oci_archive.rpm_header(rpm_blob({1000: (6, b"big"), 1009: (4, [7]), 5009: (5, [2**33])}))
+    header = ociarchive.owners.rpm_header(rpm_blob({1000: (6, b"big"), 1009: (4, [7]), 5009: (5, [2**33])}))
     assert header[1009] == [7] and header[5009] == [2**33]
 
 
@@ -127,10 +134,11 @@ def test_rpm_headers_name_files_and_source(oci_archive, tmp_path):
     db.execute("INSERT INTO Packages (blob) VALUES (?)", (blob,))
     db.commit()
     db.close()
-    header = oci_archive.rpm_header(blob)
-    assert oci_archive.rpm_source_name(header) == b"coreutils"
+    header = ociarchive.owners.rpm_header(blob)
+    assert ociarchive.owners.rpm_source_name(header) == b"coreutils"
     sizes = {}
-    owners = oci_archive.rpm_owners(os.fsencode(root), oci_archive.PathCanon(os.fsencode(root)), print, sizes)
+    canon = ociarchive.owners.PathCanon(os.fsencode(root))
+    owners = ociarchive.owners.rpm_owners(os.fsencode(root), canon, print, sizes)
     assert owners == {b"usr/bin/ls": b"coreutils"}, "directories are not owned; /bin resolved"
     assert sizes == {b"coreutils": 123456}
 
@@ -153,7 +161,7 @@ def test_unreadable_database_is_not_an_error(oci_archive, tmp_path, capsys):
 def groups(oci_archive, sizes):
     out = []
     for name, size in sizes.items():
-        group = oci_archive.Group("package", name)
+        group = ociarchive.plan.Group("package", name)
         group.size = size
         out.append(group)
     return out
@@ -167,24 +175,24 @@ def test_placement_of_a_package_depends_on_nothing_else(oci_archive):
     mib = 1024 * 1024
     sizes = {f"pkg{i}": (i % 7) * mib // 3 for i in range(200)}
     sizes.update({"libc": 12 * mib, "perl": 8 * mib, "python3": 20 * mib})
-    before = placement(oci_archive.place_groups(groups(oci_archive, sizes), [], 16))
+    before = placement(ociarchive.plan.place_groups(groups(oci_archive, sizes), [], 16))
     assert len(set(before.values())) <= 15
     grown = dict(sizes, pkg5=sizes["pkg5"] + mib, newpkg=mib)
-    after = placement(oci_archive.place_groups(groups(oci_archive, grown), [], 16))
+    after = placement(ociarchive.plan.place_groups(groups(oci_archive, grown), [], 16))
     moved = [name for name in sizes if before[name] != after[name] and name != "pkg5"]
     # layers are ordered: compare which names share a layer, not its index
     def members(place, name):
         return {n for n, i in place.items() if i == place[name] and n in sizes and n != "pkg5"}
     assert all(members(before, n) == members(after, n) for n in sizes if n != "pkg5"), moved
-    own = oci_archive.place_groups(groups(oci_archive, sizes), [], 16)
+    own = ociarchive.plan.place_groups(groups(oci_archive, sizes), [], 16)
     assert [g.name for g in own[0].groups] == ["libc"], "large packages have a layer of their own"
 
 
 def test_placement_respects_max_and_explicit_groups(oci_archive):
     sizes = {f"pkg{i}": 10 * 1024 * 1024 for i in range(40)}
-    explicit = [oci_archive.Group("paths", "app")]
+    explicit = [ociarchive.plan.Group("paths", "app")]
     for most in (2, 3, 5, 16, 127):
-        layers = oci_archive.place_groups(groups(oci_archive, sizes), explicit, most)
+        layers = ociarchive.plan.place_groups(groups(oci_archive, sizes), explicit, most)
         assert len(layers) + 1 <= most
         assert [g.name for g in layers[-1].groups] == ["app"], "the explicit group, alone, just before the last"
 
@@ -196,7 +204,7 @@ def test_placement_respects_max_and_explicit_groups(oci_archive):
 ])
 def test_check_layer_options(oci_archive, layers, problem):
     with pytest.raises(ValueError, match="options.layers") as e:
-        oci_archive.check_layer_options(layers)
+        ociarchive.options.check_layer_options(layers)
     assert problem in str(e.value)
 
 
@@ -356,9 +364,10 @@ def test_many_layers_gather_pieces_on_disk_and_cut_them_alike(oci_archive, debtr
     add_awkward_files(debtree)
     in_memory = build(oci_archive, debtree, tmp_path / "a", layers={"max": 127})
     on_disk = []
-    real = oci_archive.unnamed_file
-    monkeypatch.setattr(oci_archive, "unnamed_file", lambda directory: on_disk.append(directory) or real(directory))
-    monkeypatch.setattr(oci_archive, "MEMORY_LAYERS", 2)
+    real = ociarchive.util.unnamed_file
+    monkeypatch.setattr(ociarchive.split, "unnamed_file",
+                        lambda directory: on_disk.append(directory) or real(directory))
+    monkeypatch.setattr(ociarchive.split, "MEMORY_LAYERS", 2)
     disk = build(oci_archive, debtree, tmp_path / "b", layers={"max": 127})
     assert len(on_disk) > 1 + len(disk.manifest["layers"]), "pieces were gathered in files beside the archive"
     assert os.listdir(tmp_path / "b") == ["image.tar"], "and none of them is left"
@@ -372,14 +381,14 @@ def test_a_repeated_parent_keeps_all_but_its_mtime(oci_archive):
     info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o750, 7, 8, 1234567
     info.pax_headers = {"mtime": "1234567.25", "SCHILY.xattr.user.note": "kept"}
     raw = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    repeated = oci_archive.repeated_header(raw, 42)
+    repeated = ociarchive.tarstream.repeated_header(raw, 42)
     with tarfile.open(fileobj=io.BytesIO(repeated + bytes(1024)), mode="r:") as tar:
         (entry,) = tar.getmembers()
     assert (entry.name, entry.mode, entry.uid, entry.gid, entry.mtime) == ("./usr/bin", 0o750, 7, 8, 42)
     assert entry.pax_headers == {"SCHILY.xattr.user.note": "kept"}
     only_mtime = tarfile.TarInfo("./etc/")
     only_mtime.type, only_mtime.pax_headers = tarfile.DIRTYPE, {"mtime": "5.5"}
-    plain = oci_archive.repeated_header(only_mtime.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), 42)
+    plain = ociarchive.tarstream.repeated_header(only_mtime.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), 42)
     assert len(plain) == tarfile.BLOCKSIZE, "no pax header left with nothing in it"
 
 
@@ -395,7 +404,7 @@ def test_a_failing_build_leaves_nothing(oci_archive, debtree, tmp_path, monkeypa
     layers = {} if layered else None
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setattr(oci_archive, "layer_tar_argv", lambda tree, epoch: ["sh", "-c", script])
+    monkeypatch.setattr(ociarchive.build, "layer_tar_argv", lambda tree, epoch: ["sh", "-c", script])
     options = dict(BASE) if layers is None else dict(BASE, layers=layers)
     with pytest.raises(RuntimeError, match=problem):
         oci_archive.main(str(out), {"tree": {"path": debtree}}, options)
@@ -462,7 +471,7 @@ def test_rpmdb_with_pending_write_ahead_log_is_read_whole(oci_archive, tmp_path)
         writer.commit()
         assert os.path.getsize(str(path) + "-wal") > 0, "the insert is still only in the log"
         before = sorted(os.listdir(root / "var/lib/rpm"))
-        assert oci_archive.read_rpmdb(os.fsencode(path)) == [blob]
+        assert ociarchive.owners.read_rpmdb(os.fsencode(path)) == [blob]
         assert sorted(os.listdir(root / "var/lib/rpm")) == before, "nothing written into the tree"
     finally:
         writer.close()

@@ -1,0 +1,193 @@
+"""An OCI archive of a tree, end to end: plan, layers, documents, the file renamed into place"""
+
+import os
+import tarfile
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from .archive import BlobWriter, tar_member
+from .cache import CACHE_ID, PieceCache
+from .compress import Compressor, compressor, stream_layer
+from .layout import (
+    HISTORY_SINGLE,
+    LAYER_MEDIA_TYPES,
+    blob_path,
+    descriptor,
+    docker_manifest,
+    docker_repo_tag,
+    image_config,
+    image_index,
+    image_manifest,
+    json_blob,
+    sha256_digest,
+)
+from .options import DEFAULT_COMPRESSION, check_options, safe_filename
+from .plan import Layer, LayerPlan, plan_layers
+from .split import SplitLayers
+from .tarstream import layer_tar_argv, padding
+from .util import human, write_all
+
+
+def write_layer(fd: int, argv: List[str], comp: Optional[Compressor], mtime: int, *,
+                log=print, cache: Optional[PieceCache] = None) -> Dict[str, Any]:
+    """Write the layer blob of tar `argv` into the archive"""
+    blob = BlobWriter(fd)
+    try:
+        if comp is not None and comp.chunked:
+            (layer,) = SplitLayers(argv, comp.argv, blob, os.cpu_count() or 1, cache=cache).run(mtime, log)
+            assert layer is not None  # a tar stream is never empty
+            return layer
+        blob.begin()
+        diff_id, raw_size = stream_layer(argv, blob, comp, log)
+        blob_digest, size = blob.end(mtime)
+        return {"diff_id": diff_id, "raw_size": raw_size, "digest": blob_digest, "size": size}
+    finally:
+        blob.close()
+
+
+def write_split_layers(fd: int, argv: List[str], root: bytes, options: Dict[str, Any], comp: Optional[Compressor],
+                       *, mtime: int, spill_dir: Optional[str], log=print,
+                       cache: Optional[PieceCache] = None) -> List[Tuple[Layer, Dict[str, Any]]]:
+    """Write the layers of the tree at `root` (whose tar stream `argv` makes)
+    as options.layers splits it into the archive; each planned layer that
+    holds anything with its result"""
+    blob = BlobWriter(fd)
+    try:
+        split = SplitLayers(argv, comp.argv if comp else None, blob, os.cpu_count() or 1,
+                            stored=options.get("compression", DEFAULT_COMPRESSION) == "gzip", cache=cache,
+                            spill_dir=spill_dir, parent_mtime=options.get("source-epoch") or 0, plan_later=True)
+        split.start()  # tar reads the tree while the package databases are read
+        try:
+            plan = plan_layers(root, options["layers"], log) or LayerPlan.single()
+        except BaseException:
+            split.abandon()
+            raise
+        log(f"oci-archive: writing up to {len(plan.layers)} layer{'s' if len(plan.layers) > 1 else ''} "
+            f"from one pass over the tree, {f'compressed with {comp.name}' if comp else 'uncompressed'}", flush=True)
+        split.set_plan(plan)
+        return [(layer, made) for layer, made in zip(plan.layers, split.run(mtime, log)) if made]
+    finally:
+        blob.close()
+
+
+def open_cache(path: Optional[str], comp: Optional[Compressor], output: Optional[Tuple[str, str]],
+               log=print) -> Optional[PieceCache]:
+    """The piece cache in `path` (offered by the engine), if there is one to use"""
+    if not path or comp is None or not comp.chunked:
+        return None
+    try:
+        return PieceCache(path, comp.argv, output, log)
+    except OSError as e:
+        log(f"oci-archive: no cache of pieces ({e.strerror}): everything is compressed")
+        return None
+
+
+def write_archive(tree: str, path: str, options: Dict[str, Any], created: int, *, log=print,
+                  cache_dir: Optional[str] = None, output: Optional[Tuple[str, str]] = None) -> Dict[str, Any]:
+    """Write the OCI archive of `tree` to `path` (which must not exist yet);
+    `output` is (output id, file name) under which the engine keeps it"""
+    check_options(options)  # fail before the long work
+    compression = options.get("compression", DEFAULT_COMPRESSION)
+    comp = compressor(compression, options.get("compression-level"))
+    cache = open_cache(cache_dir, comp, output, log)
+    mtime = created
+    annotations = options.get("annotations", {})
+
+    argv = layer_tar_argv(tree, options.get("source-epoch"))
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        if "layers" not in options:
+            log(f"oci-archive: writing 1 layer, {f'compressed with {comp.name}' if comp else 'uncompressed'}",
+                flush=True)
+            history = [HISTORY_SINGLE]
+            layers = [write_layer(fd, argv, comp, mtime, log=log, cache=cache)]
+        else:
+            history, layers = [], []
+            for planned, layer in write_split_layers(fd, argv, os.fsencode(os.path.abspath(tree)), options, comp,
+                                                     mtime=mtime, spill_dir=os.path.dirname(os.path.abspath(path)),
+                                                     log=log, cache=cache):
+                history.append(planned.created_by())
+                layers.append(layer)
+                log(f"oci-archive: layer {len(layers)}: {layer['entries']} entries, "
+                    f"{human(layer['raw_size'])}: {planned.describe()}")
+        if cache:
+            log(f"oci-archive: {cache.hits} of {cache.hits + cache.misses} pieces reused from the cache"
+                + (f", {cache.damaged} damaged ones compressed again" if cache.damaged else ""), flush=True)
+
+        descriptors = [descriptor(LAYER_MEDIA_TYPES[compression], layer["digest"], layer["size"]) for layer in layers]
+        config = json_blob(image_config(options, created, [layer["diff_id"] for layer in layers], history))
+        manifest = json_blob(image_manifest(config, descriptors, annotations))
+        index = json_blob(image_index(manifest, annotations, options.get("tag")))
+        repo_tag = docker_repo_tag(options.get("tag"))
+        if options.get("tag") and not repo_tag:
+            log(f"oci-archive: tag {options['tag']!r} is no name Docker accepts (lowercase repository): "
+                "manifest.json loads untagged")
+        docker = json_blob(docker_manifest(sha256_digest(config), [layer["digest"] for layer in layers], repo_tag))
+        members = [
+            (blob_path(sha256_digest(config)), config),
+            (blob_path(sha256_digest(manifest)), manifest),
+            ("index.json", index),
+            ("manifest.json", docker),
+            ("oci-layout", json_blob({"imageLayoutVersion": "1.0.0"})),
+        ]
+        for name, data in members:
+            write_all(fd, tar_member(name, len(data), mtime) + data + padding(len(data)))
+        write_all(fd, b"\0" * (2 * tarfile.BLOCKSIZE))  # end of archive
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if cache:
+        cache.commit()
+        if cache.writable:
+            cache.trim()
+    return {
+        "layers": layers,
+        "manifest": sha256_digest(manifest),
+        "config": sha256_digest(config),
+        "size": sum(layer["size"] for layer in layers),
+    }
+
+
+def assemble(tree: str, output_dir: str, options: Dict[str, Any], *, cache: Optional[str] = None,
+             output_id: Optional[str] = None, log=print) -> Dict[str, Any]:
+    """Write the OCI archive of the folder `tree` as `options["filename"]` in
+    `output_dir`: under a temporary name first, renamed when complete, nothing
+    left on failure. `cache` is a folder of the piece cache, `output_id` the
+    name under which the engine keeps the output there. Returns the result:
+    file name, manifest and config digests, each layer's digest, size,
+    diff_id and uncompressed size, the compressed size of all and the seconds taken"""
+    filename = safe_filename(options["filename"])
+    epoch = options.get("source-epoch")
+    created = int(time.time()) if epoch is None else epoch
+
+    target = os.path.join(output_dir, filename)
+    temp = os.path.join(output_dir, f".{filename[:200]}.{os.getpid()}.tmp")
+    started = time.monotonic()
+    try:
+        output = (output_id, filename) if output_id and CACHE_ID.fullmatch(output_id) else None
+        info = write_archive(tree, temp, options, created, cache_dir=cache, output=output, log=log)
+        os.replace(temp, target)
+        dirfd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    except BaseException:
+        if os.path.lexists(temp):
+            os.unlink(temp)
+        raise
+    elapsed = time.monotonic() - started
+    for layer in info["layers"]:
+        log(f"oci-archive: {filename}: layer {layer['digest']} {human(layer['size'])} "
+            f"(diff_id {layer['diff_id']}, {human(layer['raw_size'])} uncompressed)")
+    log(f"oci-archive: {filename}: {len(info['layers'])} layer{'s' if len(info['layers']) > 1 else ''}, "
+        f"{human(info['size'])}, manifest {info['manifest']}, {elapsed:.1f} s", flush=True)
+    return {
+        "filename": filename,
+        "manifest": info["manifest"],
+        "config": info["config"],
+        "layers": [{key: layer[key] for key in ("digest", "size", "diff_id", "raw_size")} for layer in info["layers"]],
+        "size": info["size"],
+        "seconds": round(elapsed, 3),
+    }

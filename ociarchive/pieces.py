@@ -1,0 +1,289 @@
+"""Pieces of layers compressed on every core, and where they wait until their blob is written"""
+
+import concurrent.futures
+import hashlib
+import mmap
+import os
+import queue
+import subprocess
+import threading
+import time
+import zlib
+from typing import Any, Dict, List, Optional, Tuple
+
+from .archive import BlobWriter
+from .cache import PieceCache
+from .compress import incompressible
+from .util import PROGRESS_INTERVAL, Digest, anonymous_file, hash_fd, human, unnamed_file, write_all
+
+
+class FilePool:
+    """Anonymous files used again: a new one costs fresh pages the kernel
+    must zero and map, some 0.5 s per GiB of layer on a small machine"""
+
+    def __init__(self, name: str, keep: int):
+        self.name = name
+        self.keep = keep
+        self._free: List[int] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        """An anonymous file, its offset at 0 (it may hold old bytes beyond what is written)"""
+        with self._lock:
+            fd = self._free.pop() if self._free else -1
+        if fd < 0:
+            return anonymous_file(self.name)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    def give(self, fd: int) -> None:
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(fd)
+                return
+        os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._free:
+                os.close(fd)
+            self._free = []
+
+
+class Spill:
+    """Compressed pieces of the layers whose blobs cannot be written yet:
+    an unnamed file beside the archive (gone when closed, whatever happens)"""
+
+    def __init__(self, directory: Optional[str]):
+        self.directory = directory
+        self.fd = -1
+        self.size = 0
+        self._pieces: Dict[int, List[Tuple[int, int, str, int]]] = {}
+        self._digests: Dict[int, Digest] = {}  # of each layer's blob so far: hashed as its pieces come
+
+    def add(self, index: int, piece: Tuple[int, int, int, str, int, bool]) -> int:
+        """Keep a copy of a compressed piece of layer `index`; its size"""
+        fd, offset, size, key, crc, _ = piece
+        if self.fd < 0:
+            self.fd = unnamed_file(self.directory)
+        hash_fd(self._digests.setdefault(index, Digest()), fd, size, offset)
+        done = 0
+        while done < size:
+            sent = os.sendfile(self.fd, fd, offset + done, size - done)
+            if sent == 0:
+                raise RuntimeError("create layer: short write of a piece")
+            done += sent
+        self._pieces.setdefault(index, []).append((self.size, size, key, crc))
+        self.size += size
+        return size
+
+    def pieces(self, index: int) -> Tuple[List[Tuple[int, int, str, int]], Digest]:
+        """The pieces of layer `index` in order, (offset, size, cache key, crc)
+        each, and the digest of them all"""
+        return self._pieces.pop(index, []), self._digests.pop(index, Digest())
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class ChunkedLayers:
+    """The consuming half of SplitLayers: pieces compressed on all cores, blobs into the archive
+
+    A producer thread (SplitLayers) hands over pieces of the layers' tar
+    streams in anonymous files; each goes to a worker, whose compressed
+    piece comes back in another anonymous file (or from the piece cache).
+    The caller's thread takes them in order: those of the layer whose blob
+    is open in the archive go there at once, the others wait in the spill
+    file until their layer ends. The output does not depend on the number
+    of workers or on how tar's output arrived.
+    """
+
+    def __init__(self, comp_argv: List[str], blob: BlobWriter, workers: int, *, stored: bool = True,
+                 cache: Optional[PieceCache] = None, spill_dir: Optional[str] = None):
+        self.comp_argv = comp_argv  # empty: no compression, the pieces as they are
+        self.stored = stored  # incompressible pieces may become stored deflate blocks (gzip)
+        self.blob = blob
+        self.workers = max(1, workers)
+        self.cache = cache
+        self.spill_dir = spill_dir  # where the spill file goes
+        self._producer: Optional[threading.Thread] = None
+        self.read = 0
+        self._queue: queue.Queue[Tuple[str, Any]] = queue.Queue(maxsize=self.workers + 1)
+        self._stop = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="compress")
+        self._raw = FilePool("layer-piece", self.workers + 2)
+        self._packed = FilePool("layer-piece-gz", self.workers + 2)
+
+    def _compress(self, piece: int, size: int) -> Tuple[int, int, int, str, int, bool]:
+        """The compressed piece as (fd, offset, size, key, crc, made): from
+        the cache, or made in a file of the pool (key "" when it is not for
+        the cache)"""
+        out = -1
+        try:
+            with mmap.mmap(piece, size, prot=mmap.PROT_READ) as view:
+                if self.stored and incompressible(view):
+                    # random or already compressed data: stored deflate blocks,
+                    # at memory speed, instead of a search that finds nothing
+                    # (and faster than a look into the cache)
+                    out = self._packed.take()
+                    stored = zlib.compressobj(0, zlib.DEFLATED, 31)
+                    write_all(out, stored.compress(view) + stored.flush())
+                    return out, 0, os.lseek(out, 0, os.SEEK_CUR), "", 0, True
+                key = hashlib.sha256(view).hexdigest() if self.cache else ""
+                if self.cache:
+                    hit = self.cache.get(key)
+                    if hit:
+                        return (*hit[:3], key, hit[3], False)
+                out = self._packed.take()
+                os.lseek(piece, 0, os.SEEK_SET)
+                proc = subprocess.run(self.comp_argv, stdin=piece, stdout=out, check=False)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"create layer: {self.comp_argv[0]} exited with status {proc.returncode}")
+            compressed = os.lseek(out, 0, os.SEEK_CUR)
+            crc = 0
+            if self.cache and compressed:
+                with mmap.mmap(out, compressed, prot=mmap.PROT_READ) as made:
+                    crc = zlib.crc32(made)
+            return out, 0, compressed, key, crc, True
+        except BaseException:
+            if out >= 0:
+                os.close(out)
+            raise
+        finally:
+            self._raw.give(piece)
+
+    def _put(self, item: Tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        self._discard(item)
+        return False
+
+    @staticmethod
+    def _discard(item: Tuple[str, Any]) -> None:
+        kind, value = item
+        if kind == "piece":
+            try:
+                os.close(value[1].result()[0])
+            except BaseException:  # pylint: disable=broad-except  # its error is already reported or moot
+                pass
+
+    def _end(self, index: int, diff: Digest, direct: Optional[int], spill: "Spill", mtime: int, *,
+             entries: int) -> Optional[Dict[str, Any]]:
+        """Finish the blob of layer `index` (`entries` tar entries): the open
+        one, or one whose pieces all wait in the spill file (None if it is empty)"""
+        if index != direct:
+            if direct is not None:
+                raise RuntimeError(f"create layer: layer {index + 1} ended inside another")
+            if not diff.size:
+                return None
+            self.blob.begin()
+            pieces, self.blob.digest = spill.pieces(index)
+            for where, size, key, crc in pieces:
+                at = self.blob.write_fd(spill.fd, size, where, hashed=True)
+                if key and self.cache:
+                    self.cache.record(key, at, size, crc)
+        blob_digest, size = self.blob.end(mtime)
+        return {"diff_id": diff.digest, "raw_size": diff.size, "digest": blob_digest, "size": size,
+                "entries": entries}
+
+    def _spill_piece(self, spill: "Spill", index: int, piece: Tuple[int, int, int, str, int, bool]) -> int:
+        """Keep a compressed piece of a layer whose blob is not open in the spill file; its size"""
+        try:
+            return spill.add(index, piece)
+        finally:
+            self._release(piece)
+
+    def _release(self, piece: Tuple[int, int, int, str, int, bool]) -> None:
+        """The file of a compressed piece back to the pool (made here) or closed (from the cache)"""
+        if piece[5]:
+            self._packed.give(piece[0])
+        else:
+            os.close(piece[0])
+
+    def _write_piece(self, piece: Tuple[int, int, int, str, int, bool]) -> int:
+        """Append a compressed piece to the blob (the cache learns where it went); its size"""
+        out, offset, size, key, crc, _ = piece
+        try:
+            where = self.blob.write_fd(out, size, offset)
+        finally:
+            self._release(piece)
+        if key and self.cache:
+            self.cache.record(key, where, size, crc)
+        return size
+
+    def run(self, mtime: int, log=print) -> List[Optional[Dict[str, Any]]]:
+        """Write every layer; for each: diff_id, raw_size, digest, size (None for an empty one)
+
+        The pieces of the layer whose blob is open in the archive go there
+        at once; those of other layers (SplitLayers makes all at the same
+        time) wait in the spill file until their layer's end."""
+        producer = self.start()
+        results: Dict[int, Optional[Dict[str, Any]]] = {}
+        direct: Optional[int] = None  # the layer whose blob is open in the archive
+        spill = Spill(self.spill_dir)
+        started = last = time.monotonic()
+        written = 0
+        try:
+            while True:
+                try:
+                    kind, value = self._queue.get(timeout=0.25)
+                except queue.Empty:
+                    kind, value = "idle", None
+                if kind == "begin":
+                    if direct is None:
+                        self.blob.begin()
+                        direct = value
+                elif kind == "piece":
+                    index, future = value
+                    written += self._write_piece(future.result()) if index == direct else \
+                        self._spill_piece(spill, index, future.result())
+                elif kind == "end":
+                    index, diff, entries = value
+                    results[index] = self._end(index, diff, direct, spill, mtime, entries=entries)
+                    direct = None
+                elif kind == "error":
+                    raise value
+                elif kind == "done":
+                    break
+                now = time.monotonic()
+                if now - last >= PROGRESS_INTERVAL:
+                    last = now
+                    log(f"oci-archive: layers {human(self.read)} read, {human(written)} written, "
+                        f"{human(self.read / (now - started))}/s", flush=True)
+        finally:
+            self._shut_down(producer)
+            spill.close()
+        return [results[i] for i in sorted(results)]
+
+    def _produce(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> threading.Thread:
+        """Start the producer (tar, cutting, compressing): run() takes what it makes"""
+        if self._producer is None:
+            self._producer = threading.Thread(target=self._produce, name="layer-tar", daemon=True)
+            self._producer.start()
+        return self._producer
+
+    def _shut_down(self, producer: threading.Thread) -> None:
+        """Stop the producer, drop what it made and no one took, end the workers"""
+        self._stop.set()
+        while producer.is_alive() or not self._queue.empty():
+            try:
+                self._discard(self._queue.get(timeout=0.1))
+            except queue.Empty:
+                continue
+        producer.join()
+        self._pool.shutdown(wait=True)
+        self._raw.close()
+        self._packed.close()
+
+
+class Stopped(Exception):
+    """The consumer gave up (an error, an interrupt): the producer ends quietly"""

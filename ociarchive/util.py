@@ -1,0 +1,87 @@
+"""Small helpers of the data path: digests, writes, pipes, files without names, sizes for the log"""
+
+import fcntl
+import hashlib
+import mmap
+import os
+import subprocess
+import tempfile
+from typing import BinaryIO, Optional
+
+# how much one read of a pipe or file takes
+CHUNK = 1024 * 1024
+F_SETPIPE_SZ = 1031
+# seconds between two progress lines of a long layer
+PROGRESS_INTERVAL = 5.0
+
+
+class Digest:
+    """sha256 and length of what passed"""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data) -> None:
+        self.hash.update(data)
+        self.size += len(data)
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+def unnamed_file(directory: Optional[str]) -> int:
+    """A file in `directory` without a name: nothing is left of it when it is closed"""
+    directory = directory or tempfile.gettempdir()
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except (OSError, AttributeError):
+        with tempfile.TemporaryFile(dir=directory) as f:
+            return os.dup(f.fileno())
+
+
+def anonymous_file(name: str) -> int:
+    """A file in memory, gone when closed"""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create(name, os.MFD_CLOEXEC)
+    with tempfile.TemporaryFile() as f:
+        return os.dup(f.fileno())
+
+
+def hash_fd(digest: Digest, fd: int, size: int, start: int = 0) -> None:
+    """Hash `size` bytes of file `fd` from offset `start` without copying them"""
+    if size:
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(fd, start + size - base, prot=mmap.PROT_READ, offset=base) as view:
+            with memoryview(view) as data:
+                digest.update(data[start - base:])
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def bigger_pipe(stream: Optional[BinaryIO]) -> None:
+    """Raise a pipe's buffer to 1 MiB where the kernel lets us (fewer wakeups)"""
+    if stream is None:
+        return
+    try:
+        fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, CHUNK)
+    except OSError:
+        pass  # the default 64 KiB works, only slower
+
+
+def human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def check_exit(proc: subprocess.Popen, cause: Optional[BaseException] = None) -> None:
+    if proc.wait() != 0:
+        raise RuntimeError(f"create layer: {proc.args[0]} exited with status {proc.returncode}") from cause
