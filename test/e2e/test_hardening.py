@@ -98,8 +98,14 @@ def test_interrupt_during_startup_is_clean(osbuild):
 
 def test_killed_builds_leave_nothing_behind_the_next_build(osbuild, tmp_path):
     before = runtime_dirs()
+    # kills at moments spread over a build, as long as a build takes on this machine
+    os.makedirs(tmp_path / "timing")
+    timing = Runner(tmp_path / "timing", osbuild.libdir)
+    started = time.monotonic()
+    assert timing(IMAGE).returncode == 0
+    took = time.monotonic() - started
     leftovers = 0
-    for delay in (0.7, 1.5, 2.5, 3.5):
+    for delay in (0.2 * took, 0.4 * took, 0.6 * took, 0.8 * took):
         proc = start(osbuild, IMAGE)
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGKILL)
