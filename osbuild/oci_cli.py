@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import stat
 import sys
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
@@ -170,8 +171,13 @@ def options_from_args(args: argparse.Namespace, environ: Dict[str, str]) -> Dict
 
 def check_paths(rootfs: str, output: str) -> Tuple[str, str]:
     """The folder to read and the folder to write into, both checked"""
-    if not os.path.isdir(rootfs):
-        raise UsageError(f"ROOTFS {rootfs!r}: {'not a folder' if os.path.exists(rootfs) else 'no such folder'}")
+    try:
+        if not stat.S_ISDIR(os.stat(rootfs).st_mode):
+            raise UsageError(f"ROOTFS {rootfs!r}: not a folder")
+    except FileNotFoundError:
+        raise UsageError(f"ROOTFS {rootfs!r}: no such folder") from None
+    except OSError as e:
+        raise UsageError(f"ROOTFS {rootfs!r}: not readable ({e.strerror})") from None
     if not os.access(rootfs, os.R_OK | os.X_OK):
         raise UsageError(f"ROOTFS {rootfs!r}: not readable")
     out_dir = os.path.dirname(os.path.abspath(output))

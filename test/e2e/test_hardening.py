@@ -29,6 +29,22 @@ def runtime_dirs():
     return {n for n in os.listdir("/run") if n.startswith("osbuild-run-")} if os.path.isdir("/run") else set()
 
 
+def holders(names):
+    """The processes with a descriptor open on /run/NAME (a failing test says who keeps a folder)"""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(link.startswith(f"/run/{name}") for link in links for name in names):
+            found.append(f"{pid}: {cmdline[:200]}")
+    return found or "nobody"
+
+
 def check_store(osbuild):
     """Every ref names an object that is there; returns the refs"""
     refs_dir = os.path.join(osbuild.store, "refs")
@@ -125,7 +141,7 @@ def test_killed_builds_leave_nothing_behind_the_next_build(osbuild, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "leftovers of builds that died" in proc.stdout
     assert os.listdir(os.path.join(osbuild.store, "tmp")) == []
-    assert runtime_dirs() == before
+    assert runtime_dirs() == before, f"runtime folders left, held by: {holders(runtime_dirs() - before)}"
     assert os.listdir(osbuild.output) == ["image.tar"]
     assert_same_as_fresh_build(osbuild, IMAGE, tmp_path), "the rebuild after the kills is a clean build"
 
