@@ -319,6 +319,10 @@ def contenders(have_umoci: bool, have_buildah: bool) -> List[Contender]:
                   lambda tree, work: [*env_python, "-m", "osbuild", "--libdir", REPO, "--store", "store",
                                       "--output-directory", "out", "manifest.json"],
                   "out/image.tar", setup=engine_setup, note="whole build through the engine, tree from the store"),
+        Contender("ours: osbuild-oci (gzip)",
+                  lambda tree, work: [python, "-m", "osbuild.oci_cli", tree, "-o", "image.tar", "-q",
+                                      "--architecture", "amd64", "--source-epoch", str(EPOCH), "--tag", "bench"],
+                  "image.tar", note="the command: a folder straight to an archive, no manifest, store or sandbox"),
         Contender("ours: assembler alone (gzip)",
                   lambda tree, work: [python, os.path.join(HERE, "assemble.py"), tree, ".",
                                       json.dumps(ours_options("gzip"))], "image.tar"),
@@ -371,6 +375,9 @@ ENGINE = "ours: osbuild + oci-archive (gzip)"
 ALONE = "ours: assembler alone (gzip)"
 ALONE_CACHE = "ours: assembler alone, empty cache (gzip)"
 LAYERED = "ours: assembler alone, layered (gzip)"
+COMMAND = "ours: osbuild-oci (gzip)"
+UMOCI = "umoci (init, new, insert, tar)"
+BUILDAH = "buildah (from, copy, commit, push)"
 BASELINE = "2021 algorithm (tar, sha256sum, gzip, sha256sum, tar)"
 
 
@@ -424,7 +431,9 @@ def run_tree(name: str, tree: str, scratch: str, runs: int, items: List[Contende
 
     return {"tree": name, "path": tree, "bytes": size, "runs": runs, "rows": rows,
             "engine_vs_alone": ratio(ENGINE, ALONE), "engine_vs_alone_cache": ratio(ENGINE, ALONE_CACHE),
-            "cold_cache_vs_none": ratio(ALONE_CACHE, ALONE), "layered_vs_single": ratio(LAYERED, ALONE)}
+            "cold_cache_vs_none": ratio(ALONE_CACHE, ALONE), "layered_vs_single": ratio(LAYERED, ALONE),
+            "command_vs_alone": ratio(COMMAND, ALONE), "umoci_vs_command": ratio(UMOCI, COMMAND),
+            "buildah_vs_command": ratio(BUILDAH, COMMAND)}
 
 
 def engine_overhead(scratch: str, runs: int) -> Dict[str, float]:
@@ -551,7 +560,10 @@ def markdown(results: Dict[str, Any]) -> str:
                                                     "(the engine's own cost)"),
                           ("cold_cache_vs_none", "Assembler alone, empty cache / no cache (a first build's "
                                                  "cost of filling the cache)"),
-                          ("layered_vs_single", "Assembler alone, layered / one layer")):
+                          ("layered_vs_single", "Assembler alone, layered / one layer"),
+                          ("command_vs_alone", "osbuild-oci / assembler alone (the command's own cost)"),
+                          ("umoci_vs_command", "umoci / osbuild-oci (a folder to an archive: how much faster ours is)"),
+                          ("buildah_vs_command", "buildah / osbuild-oci")):
             if tree.get(key):
                 lines.append(f"- {text}: {tree[key]:.3f}")
         lines.append("")
