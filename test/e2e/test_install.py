@@ -1,5 +1,6 @@
 """`pip install .` gives a working `osbuild` command that finds its modules"""
 
+import json
 import os
 import subprocess
 import sys
@@ -28,3 +29,16 @@ def test_installed_command_builds_the_sample(tmp_path):
                             capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout.strip()
     assert module.startswith(str(venv)) and os.path.isfile(os.path.join(module, "assemblers",
                                                                         "org.osbuild.oci-archive"))
+    # the machinery the sandbox gets (and the command uses) is the installed package too
+    package = subprocess.run([str(venv / "bin" / "python"), "-c",
+                              "import ociarchive, os; print(os.path.dirname(ociarchive.__file__))"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout.strip()
+    assert package.startswith(str(venv)), package
+    rootfs = tmp_path / "rootfs"
+    os.makedirs(rootfs / "etc")
+    (rootfs / "etc" / "hostname").write_text("box\n", encoding="utf-8")
+    proc = subprocess.run([str(venv / "bin" / "osbuild-oci"), str(rootfs), "-o", "folder.tar", "--json"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["filename"] == "folder.tar"
+    assert os.path.isfile(tmp_path / "folder.tar")

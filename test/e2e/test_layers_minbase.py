@@ -110,3 +110,26 @@ def test_minbase_upgrade_of_one_package_changes_two_blobs(oci_archive, minbase, 
     new_blobs = [d for d in after.manifest["layers"] if d["digest"] not in old]
     assert len(after.manifest["layers"]) == len(before.manifest["layers"])
     assert len(new_blobs) == 2, json.dumps([h["created_by"] for h in after.config["history"]])
+
+
+def test_the_readme_route_osbuild_oci_on_a_debootstrap_folder(oci_archive, minbase, tmp_path):
+    """README: `osbuild-oci rootfs -o debian.tar --tag debian:12 --layers 16`: podman pulls it,
+    and with a source epoch it is byte for byte the assembler's archive of the tree"""
+    require_tools("osbuild-oci", "podman")
+    out = tmp_path / "debian.tar"
+    proc = subprocess.run(["osbuild-oci", minbase, "-o", str(out), "--tag", "debian:12", "--layers", "16",
+                           "--source-epoch", str(EPOCH)], capture_output=True, text=True, check=False,
+                          env=dict(os.environ, PYTHONPATH=REPO), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    module = assemble(oci_archive, minbase, tmp_path / "module", layers={"max": 16}, tag="debian:12")
+    with open(out, "rb") as a, open(module.path, "rb") as b:
+        assert a.read() == b.read()
+    pulled = subprocess.run(["podman", "pull", "-q", f"oci-archive:{out}"], capture_output=True, text=True,
+                            check=False)
+    try:
+        assert pulled.returncode == 0, pulled.stderr
+        names = subprocess.run(["podman", "image", "inspect", "--format", "{{.RepoTags}}", pulled.stdout.strip()],
+                               capture_output=True, text=True, check=True).stdout
+        assert "debian:12" in names
+    finally:
+        subprocess.run(["podman", "rmi", "-f", pulled.stdout.strip()], capture_output=True, check=False)
