@@ -1,16 +1,19 @@
 """The engine end to end: builds under bubblewrap through the CLI"""
 
 import hashlib
+import io
 import json
 import os
 import signal
 import subprocess
+import tarfile
 import time
 
 import pytest
 
 from test.conftest import REPO
 from test.e2e.conftest import shell
+from test.ocitools import Archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_root, pytest.mark.needs_bwrap]
 
@@ -283,3 +286,28 @@ def test_json_failure_before_any_stage_is_still_json(osbuild):
 def test_contract_example_sources_validate(osbuild):
     proc = osbuild({"pipeline": {"stages": [{"name": "org.osbuild.noop"}]}, "sources": {"org.osbuild.files": {}}})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_readme_sources_route_a_fetched_file_copied_into_the_image(osbuild, tmp_path):
+    """sources -> org.osbuild.copy from /run/osbuild/sources -> the file in the image"""
+    payload = tmp_path / "motd"
+    payload.write_text("fetched into the image\n")
+    checksum = "sha256:" + hashlib.sha256(payload.read_bytes()).hexdigest()
+    copy = {"name": "org.osbuild.copy", "options": {"paths": [
+        {"from": f"/run/osbuild/sources/org.osbuild.files/{checksum}", "to": "/etc/motd"}]}}
+    manifest = {"pipeline": {"stages": [copy], "assembler": {"name": "org.osbuild.oci-archive", "options": {
+        "filename": "image.tar", "architecture": "amd64", "compression": "none"}}},
+        "sources": {"org.osbuild.files": {"urls": {checksum: f"file://{payload}"}}}}
+    proc = osbuild(manifest)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    archive = Archive(os.path.join(osbuild.output, "image.tar"))
+    with tarfile.open(fileobj=io.BytesIO(archive.layer_tar)) as tar:
+        assert tar.extractfile("./etc/motd").read() == b"fetched into the image\n"
+    # the sandbox's own runtime stays refused, however it is named
+    for source in ("/run/osbuild/api/osbuild", "/run/osbuild/lib", "/run",
+                   "/run/osbuild/sources/../api/osbuild", "/proc/self/environ"):
+        bad = {"pipeline": {"stages": [{"name": "org.osbuild.copy", "options": {"paths": [
+            {"from": source, "to": "/x"}]}}], "assembler": {"name": "org.osbuild.noop"}}}
+        proc = osbuild(bad)
+        assert proc.returncode == 1, source
+        assert "is refused" in proc.stdout + proc.stderr, source
