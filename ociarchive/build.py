@@ -1,5 +1,6 @@
 """An OCI archive of a tree, end to end: plan, layers, documents, the file renamed into place"""
 
+import errno
 import os
 import tarfile
 import time
@@ -173,9 +174,11 @@ def assemble(tree: str, output_dir: str, options: Dict[str, Any], *, cache: Opti
             os.fsync(dirfd)
         finally:
             os.close(dirfd)
-    except BaseException:
+    except BaseException as e:
         if os.path.lexists(temp):
             os.unlink(temp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RuntimeError(f"no space left on device while writing {filename}") from e
         raise
     elapsed = time.monotonic() - started
     for layer in info["layers"]:

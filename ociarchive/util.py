@@ -85,3 +85,11 @@ def human(size: float) -> str:
 def check_exit(proc: subprocess.Popen, cause: Optional[BaseException] = None) -> None:
     if proc.wait() != 0:
         raise RuntimeError(f"create layer: {proc.args[0]} exited with status {proc.returncode}") from cause
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for the log: an OSError's reason and path in words, not its repr"""
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror[:1].lower() + error.strerror[1:]
+        return f"{reason}: {error.filename}" if error.filename else reason
+    return str(error)

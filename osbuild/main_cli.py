@@ -235,11 +235,14 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
         print("\nosbuild: interrupted, nothing was kept of the unfinished work", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (BuildError, SandboxError, InputError, SourceError, OSError, subprocess.CalledProcessError) as e:
+        # an OSError of Python's in words ("no space left on device: PATH"), not as "[Errno 28] ..."
+        why = f"{e.strerror[:1].lower()}{e.strerror[1:]}{f': {e.filename}' if e.filename else ''}" \
+            if isinstance(e, OSError) and e.strerror else str(e)
         if args.json:  # stdout still carries one JSON document
-            json.dump({"success": False, "error": f"build failed: {e}",
+            json.dump({"success": False, "error": f"build failed: {why}",
                        "duration": round(time.monotonic() - started, 3)}, out)
             out.write("\n")
-        return _fail(f"build failed: {e}", EXIT_FAILED)
+        return _fail(f"build failed: {why}", EXIT_FAILED)
 
     report(args, manifest, res, out)
     return EXIT_OK if res["success"] else EXIT_FAILED

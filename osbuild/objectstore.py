@@ -38,13 +38,20 @@ USES = "uses"
 EXPORT_PREFIX = ".osbuild-export-"
 
 
-def copy_tree(source: PathLike, target: PathLike) -> None:
+class StoreError(OSError):
+    """A tree could not be copied into or out of the store: one line says what and why"""
+
+
+def copy_tree(source: PathLike, target: PathLike, what: str) -> None:
     """Copy the contents of `source` into the existing directory `target`,
-    keeping everything (owners, modes, xattrs, hard links, devices)"""
+    keeping everything (owners, modes, xattrs, hard links, devices); a
+    failure is a StoreError saying why `while {what}`"""
     # cp -a of "source/." copies the directory's contents and its own metadata;
     # --reflink=auto shares data blocks where the filesystem can
-    subprocess.run(["cp", "-a", "--reflink=auto", "--", os.path.join(os.fspath(source), "."),
-                    os.fspath(target)], check=True)
+    proc = subprocess.run(["cp", "-a", "--reflink=auto", "--", os.path.join(os.fspath(source), "."),
+                           os.fspath(target)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise StoreError(cp_problem(proc.stderr, what))
 
 
 def _fsync_dir(path: str) -> None:
@@ -297,7 +304,7 @@ class ObjectStore:
             base = self.resolve(base_id)
             if base is None:
                 raise KeyError(f"object {base_id} is not in the store")
-            copy_tree(base, path)
+            copy_tree(base, path, f"copying the tree of stage {base_id} to build on it")
         return path
 
     def commit(self, tree: str, object_id: str, move: bool = False) -> str:
@@ -316,7 +323,7 @@ class ObjectStore:
             else:
                 staged = os.path.join(work.path, "object")
                 os.mkdir(staged, 0o755)
-                copy_tree(tree, staged)
+                copy_tree(tree, staged, f"storing the tree of stage {object_id}")
             self._write_size(name, folder_size(staged))
             self._write_stamp(name, self.stamp(staged))
             os.rename(staged, final)
@@ -488,12 +495,17 @@ class ExportError(OSError):
     """An output could not be copied to the output directory"""
 
 
-def export_problem(stderr: str, name: str, destination: str) -> str:
-    """One line from cp's complaint: what happened, to what, where"""
+def cp_problem(stderr: str, what: str) -> str:
+    """One line from cp's complaint: what happened, while doing what"""
     lines = [line for line in stderr.strip().splitlines() if line]
     reason = lines[-1].rsplit(": ", 1)[-1] if lines else "cp failed"
     reason = reason[:1].lower() + reason[1:]
-    return f"{reason} while exporting {name} to {destination}"
+    return f"{reason} while {what}"
+
+
+def export_problem(stderr: str, name: str, destination: str) -> str:
+    """One line from cp's complaint: what happened, to what, where"""
+    return cp_problem(stderr, f"exporting {name} to {destination}")
 
 
 class StoreServer(jsoncomm.Service):

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from ociarchive import assemble
 from ociarchive.options import check_options
+from ociarchive.util import describe_error
 
 from .interrupt import Interrupted, install
 from .interrupt import report as report_interrupt
@@ -253,7 +254,7 @@ def run(argv: Sequence[str], environ: Dict[str, str]) -> int:
     try:
         result = assemble(rootfs, out_dir, options, log=log)
     except (ValueError, RuntimeError, OSError) as e:
-        print(f"{PROG}: error: {flag_message(str(e))}", file=sys.stderr)
+        print(f"{PROG}: error: {flag_message(describe_error(e))}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         json.dump(result, sys.stdout, indent=2, sort_keys=True)

@@ -320,3 +320,32 @@ def test_read_only_cache_still_builds(osbuild, tmp_path):
         assert "no cache of pieces (Read-only file system)" in result["assembler"]["output"]
     finally:
         subprocess.run(["umount", "-l", cache], check=False)
+
+
+def test_full_disk_while_storing_a_checkpoint_says_what_and_where(tmp_path, libdir, small_disk):
+    """(#17) cp's 'error copying .../object/./big' became: no space left on device while storing stage X"""
+    osbuild = Runner(tmp_path, libdir)
+    osbuild.store = str(small_disk / "store")
+    first = shell("head -c 2500000 /dev/urandom > big")
+    manifest = {"pipeline": {"stages": [first, shell("echo hi > small")]}}
+    described = json.loads(osbuild(manifest, "--inspect", output=False).stdout)
+    first_id = described["pipeline"]["stages"][0]["id"]
+    proc = osbuild(manifest, "--checkpoint", first_id, output=False)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"osbuild: build failed: no space left on device while storing the tree of stage {first_id}", last
+    assert "cp:" not in proc.stderr and "Traceback" not in proc.stderr
+    assert check_store(osbuild) == [] and os.listdir(small_disk / "store" / "tmp") == []
+
+
+def test_full_disk_inside_the_assembler_says_what(tmp_path, libdir, small_disk):
+    osbuild = Runner(tmp_path, libdir)
+    osbuild.store = str(small_disk / "store")
+    manifest = {"pipeline": {"stages": [shell("head -c 2200000 /dev/urandom > big")], "assembler": oci()}}
+    proc = osbuild(manifest)
+    assert proc.returncode == 1
+    log = proc.stdout + proc.stderr
+    assert "oci-archive: error: no space left on device while writing image.tar" in log, log
+    assert "[Errno" not in log and "Traceback" not in log
+    assert os.listdir(small_disk / "store" / "tmp") == []
+    assert not os.path.exists(osbuild.output) or os.listdir(osbuild.output) == []

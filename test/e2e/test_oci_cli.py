@@ -125,3 +125,19 @@ def test_debootstrap_folder_pulls_with_podman(tmp_path):
         assert inspect.strip() == "amd64"
     finally:
         subprocess.run(["podman", "rmi", "-f", "localhost/cli-test:1"], capture_output=True, check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    rootfs = tmp_path / "rootfs"
+    os.makedirs(rootfs)
+    (rootfs / "big").write_bytes(os.urandom(5_000_000))
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], check=True)
+    try:
+        done = command(str(rootfs), "-o", str(small / "x.tar"), "--architecture", "amd64")
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines()[-1] == "osbuild-oci: error: no space left on device while writing x.tar"
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
