@@ -13,6 +13,7 @@ The modules follow the data path; each imports only those above it:
 - `layout`: the OCI documents (config, manifest, index, docker's manifest.json)
 - `owners`: who owns each file (the tree's dpkg and rpm databases)
 - `plan`: which layer each file goes to
+- `sbom`: an SPDX 2.3 document of the packages the tree's databases list
 - `tarstream`: GNU tar's command line and reading its headers in place
 - `archive`: the outer archive, blobs streamed in behind reserved headers
 - `compress`: the compressors, and the streaming path (pigz, zstd)

@@ -12,6 +12,7 @@ from .compress import Compressor, compressor, stream_layer
 from .layout import (
     HISTORY_SINGLE,
     LAYER_MEDIA_TYPES,
+    SBOM_ANNOTATION,
     blob_path,
     descriptor,
     docker_manifest,
@@ -20,10 +21,12 @@ from .layout import (
     image_index,
     image_manifest,
     json_blob,
+    rfc3339,
     sha256_digest,
 )
-from .options import DEFAULT_COMPRESSION, check_options, safe_filename
+from .options import DEFAULT_COMPRESSION, check_options, safe_filename, sbom_filename
 from .plan import Layer, LayerPlan, plan_layers
+from .sbom import document as spdx_document
 from .split import SplitLayers
 from .tarstream import layer_tar_argv, padding
 from .util import human, write_all
@@ -118,7 +121,15 @@ def write_archive(tree: str, path: str, options: Dict[str, Any], created: int, *
 
         descriptors = [descriptor(LAYER_MEDIA_TYPES[compression], layer["digest"], layer["size"]) for layer in layers]
         config = json_blob(image_config(options, created, [layer["diff_id"] for layer in layers], history))
-        manifest = json_blob(image_manifest(config, descriptors, annotations))
+        sbom = None
+        manifest_annotations = dict(annotations)
+        if options.get("sbom"):
+            # the SBOM names the config (the image ID), the manifest names the SBOM: no cycle
+            sbom, packages = spdx_document(tree, options.get("tag") or options["filename"], sha256_digest(config),
+                                           rfc3339(created), log)
+            manifest_annotations[SBOM_ANNOTATION] = sha256_digest(sbom)
+            log(f"oci-archive: sbom: {packages} packages, {sha256_digest(sbom)}")
+        manifest = json_blob(image_manifest(config, descriptors, manifest_annotations))
         index = json_blob(image_index(manifest, annotations, options.get("tag")))
         repo_tag = docker_repo_tag(options.get("tag"))
         if options.get("tag") and not repo_tag:
@@ -147,6 +158,7 @@ def write_archive(tree: str, path: str, options: Dict[str, Any], created: int, *
         "manifest": sha256_digest(manifest),
         "config": sha256_digest(config),
         "size": sum(layer["size"] for layer in layers),
+        "sbom": sbom,
     }
 
 
@@ -164,10 +176,17 @@ def assemble(tree: str, output_dir: str, options: Dict[str, Any], *, cache: Opti
 
     target = os.path.join(output_dir, filename)
     temp = os.path.join(output_dir, f".{filename[:200]}.{os.getpid()}.tmp")
+    sbom_temp = os.path.join(output_dir, f".{filename[:200]}.spdx.{os.getpid()}.tmp")
+    sbom_target = os.path.join(output_dir, sbom_filename(filename))
     started = time.monotonic()
+    placed = []
     try:
         output = (output_id, filename) if output_id and CACHE_ID.fullmatch(output_id) else None
         info = write_archive(tree, temp, options, created, cache_dir=cache, output=output, log=log)
+        if info["sbom"] is not None:
+            write_file(sbom_temp, info["sbom"])
+            os.replace(sbom_temp, sbom_target)
+            placed.append(sbom_target)
         os.replace(temp, target)
         dirfd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -175,8 +194,9 @@ def assemble(tree: str, output_dir: str, options: Dict[str, Any], *, cache: Opti
         finally:
             os.close(dirfd)
     except BaseException as e:
-        if os.path.lexists(temp):
-            os.unlink(temp)
+        for path in [temp, sbom_temp, *placed]:
+            if os.path.lexists(path):
+                os.unlink(path)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise RuntimeError(f"no space left on device while writing {filename}") from e
         raise
@@ -192,5 +212,17 @@ def assemble(tree: str, output_dir: str, options: Dict[str, Any], *, cache: Opti
         "config": info["config"],
         "layers": [{key: layer[key] for key in ("digest", "size", "diff_id", "raw_size")} for layer in info["layers"]],
         "size": info["size"],
+        **({"sbom": {"filename": sbom_filename(filename), "digest": sha256_digest(info["sbom"])}}
+           if info["sbom"] is not None else {}),
         "seconds": round(elapsed, 3),
     }
+
+
+def write_file(path: str, data: bytes) -> None:
+    """A new file with `data`, on disk before it is renamed into place"""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

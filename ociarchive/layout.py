@@ -20,6 +20,8 @@ LAYER_MEDIA_TYPES = {
     "none": "application/vnd.oci.image.layer.v1.tar",
 }
 
+# the manifest's annotation naming the SBOM beside the archive by its digest
+SBOM_ANNOTATION = "org.osbuild.sbom.spdx.digest"
 # the history line of a single layer
 HISTORY_SINGLE = "osbuild org.osbuild.oci-archive"
 

@@ -137,6 +137,11 @@ def check_layer_options(layers: Dict[str, Any]) -> None:
                          f"not {most}")
 
 
+def sbom_filename(filename: str) -> str:
+    """The SBOM's name beside the archive `filename`"""
+    return filename + ".spdx.json"
+
+
 def check_level(compression: str, level: Optional[int]) -> None:
     """The compression level the compressor takes (the schema allows 1-19 for all)"""
     most = {"gzip": 9, "zstd": 19}.get(compression)
@@ -147,6 +152,9 @@ def check_level(compression: str, level: Optional[int]) -> None:
 def check_options(options: Dict[str, Any]) -> None:
     """Everything the schema cannot say about a set of options, checked before any work"""
     safe_filename(options["filename"])
+    if options.get("sbom") and len(os.fsencode(sbom_filename(options["filename"]))) > 255:
+        raise ValueError(f"options.filename {options['filename']!r}: too long for its SBOM "
+                         f"{sbom_filename(options['filename'])!r} (255 bytes at most)")
     platform(options["architecture"], options.get("variant"))
     config_from_options(options.get("config", {}))
     check_level(options.get("compression", DEFAULT_COMPRESSION), options.get("compression-level"))

@@ -7,7 +7,7 @@ import sqlite3
 import stat
 import tempfile
 import urllib.parse
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 RPMDB_PATHS = [b"usr/lib/sysimage/rpm/rpmdb.sqlite", b"var/lib/rpm/rpmdb.sqlite"]
 # RPM header tags and types (rpm's lib/rpmtag.h)
@@ -169,14 +169,17 @@ def dpkg_owners(root: bytes, canon: PathCanon, log, sizes: Optional[Dict[bytes, 
     return owners
 
 
-def rpm_header(blob: bytes) -> Dict[int, Any]:
-    """The tags of an RPM header blob (as rpmdb.sqlite stores it) that name files and sources"""
+FILE_TAGS = (RPMTAG_NAME, RPMTAG_SIZE, RPMTAG_LONGSIZE, RPMTAG_SOURCERPM, RPMTAG_BASENAMES, RPMTAG_DIRNAMES,
+             RPMTAG_DIRINDEXES, RPMTAG_FILEMODES)
+
+
+def rpm_header(blob: bytes, wanted: Tuple[int, ...] = FILE_TAGS) -> Dict[int, Any]:
+    """The `wanted` tags of an RPM header blob (as rpmdb.sqlite stores it): by default those that
+    name files and sources"""
     index_count, data_length = int.from_bytes(blob[0:4], "big"), int.from_bytes(blob[4:8], "big")
     data = blob[8 + 16 * index_count:]
     if len(data) < data_length:
         raise ValueError("truncated header")
-    wanted = (RPMTAG_NAME, RPMTAG_SIZE, RPMTAG_LONGSIZE, RPMTAG_SOURCERPM, RPMTAG_BASENAMES, RPMTAG_DIRNAMES,
-              RPMTAG_DIRINDEXES, RPMTAG_FILEMODES)
     tags: Dict[int, Any] = {}
     for i in range(index_count):
         entry = blob[8 + 16 * i:24 + 16 * i]

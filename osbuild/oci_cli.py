@@ -3,7 +3,7 @@
     osbuild-oci ROOTFS -o image.tar [--layers N] [--layer-path NAME=PATH]...
                 [--tag T] [--compression gzip|zstd|none] [--level N]
                 [--source-epoch S] [--architecture A] [--variant V]
-                [--config JSON|FILE] [--annotation K=V]... [--json] [--quiet]
+                [--config JSON|FILE] [--annotation K=V]... [--sbom] [--json] [--quiet]
 
 No manifest, no store, no sandbox: the folder is read where it is (never
 written) and the archive made by the same code as the assembler
@@ -39,7 +39,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # flag -> (the option it sets, as a path in the options, its metavar, how its values are read):
 # "value" one value, "map" KEY=VALUE pairs into an object, "json" a JSON
-# document or a file holding one, "groups" NAME=PATH pairs into path groups
+# document or a file holding one, "groups" NAME=PATH pairs into path groups,
+# "switch" true when given
 FLAGS: List[Tuple[str, Tuple[str, ...], str, str]] = [
     ("--architecture", ("architecture",), "ARCH", "value"),
     ("--variant", ("variant",), "VARIANT", "value"),
@@ -51,6 +52,7 @@ FLAGS: List[Tuple[str, Tuple[str, ...], str, str]] = [
     ("--config", ("config",), "JSON|FILE", "json"),
     ("--layers", ("layers", "max"), "N", "value"),
     ("--layer-path", ("layers", "paths"), "NAME=PATH", "groups"),
+    ("--sbom", ("sbom",), "", "switch"),
 ]
 # the one option no flag sets: -o gives the file name (and the folder it goes to)
 OUTPUT_OPTION = "filename"
@@ -105,7 +107,11 @@ def make_parser(schema: Dict[str, Any]) -> argparse.ArgumentParser:
             extra["type"] = int
         if "default" in node and kind == "value":
             text += f" (default: {node['default']})"
-        parser.add_argument(flag, dest=flag[2:].replace("-", "_"), metavar=metavar, help=text, **extra)
+        if kind == "switch":
+            extra.update(action="store_const", const=True)
+        else:
+            extra["metavar"] = metavar
+        parser.add_argument(flag, dest=flag[2:].replace("-", "_"), help=text, **extra)
     parser.add_argument("--json", action="store_true",
                         help="print the result (digests, layers, sizes, seconds) as one JSON document on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")

@@ -1,9 +1,13 @@
 """`layers` with a real RPM database: packages built by rpmbuild, installed by rpm into a tree"""
 
+import json
 import os
+import re
 import subprocess
 
 import pytest
+from spdx_tools.spdx.parser.parse_anything import parse_file
+from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from test.conftest import REPO, load_module_script
 from test.e2e.conftest import require_tools
@@ -38,8 +42,8 @@ echo doc > %{buildroot}/usr/share/doc/hello/README
 """
 
 
-def test_rpm_tree_layers_by_source_rpm(tmp_path):
-    require_tools("rpm", "rpmbuild")
+def rpm_tree(tmp_path):
+    """A tree with the two packages of SPEC installed by rpm"""
     top = tmp_path / "rpmbuild"
     (top / "SPECS").mkdir(parents=True)
     (top / "SPECS" / "hello.spec").write_text(SPEC, encoding="utf-8")
@@ -56,6 +60,12 @@ def test_rpm_tree_layers_by_source_rpm(tmp_path):
     subprocess.run([*rpm, "--initdb"], check=True, capture_output=True)
     subprocess.run([*rpm, "-i", "--nodeps", "--noscripts", *rpms], check=True, capture_output=True)
     assert os.path.isfile(tree / "usr/lib/sysimage/rpm/rpmdb.sqlite")
+    return tree
+
+
+def test_rpm_tree_layers_by_source_rpm(tmp_path):
+    require_tools("rpm", "rpmbuild")
+    tree = rpm_tree(tmp_path)
 
     module = load_module_script(os.path.join(REPO, "assemblers", "org.osbuild.oci-archive"))
     out = tmp_path / "out"
@@ -72,3 +82,28 @@ def test_rpm_tree_layers_by_source_rpm(tmp_path):
         "both binary packages of the source RPM hello, nothing else"
     last = {i.name for i in tars[1]}
     assert {"./etc/hostname", "./usr/lib/sysimage/rpm/rpmdb.sqlite", "./bin"} <= last
+
+
+def arch_of(package):
+    return re.search(r"arch=([^&]+)", package["externalRefs"][0]["referenceLocator"])[1]
+
+
+def test_rpm_tree_sbom_lists_what_rpm_lists(tmp_path):
+    require_tools("rpm", "rpmbuild")
+    tree = rpm_tree(tmp_path)
+    module = load_module_script(os.path.join(REPO, "assemblers", "org.osbuild.oci-archive"))
+    out = tmp_path / "sbom"
+    out.mkdir()
+    options = {"filename": "image.tar", "architecture": "amd64", "source-epoch": 1700000000, "sbom": True}
+    assert module.main(str(out), {"tree": {"path": str(tree)}}, options) == 0
+    document = parse_file(str(out / "image.tar.spdx.json"))
+    assert not validate_full_spdx_document(document)
+    doc = json.loads((out / "image.tar.spdx.json").read_text(encoding="utf-8"))
+    listed = subprocess.run(["rpm", "--root", str(tree), "--dbpath", "/usr/lib/sysimage/rpm", "-qa", "--qf",
+                             "%{NAME} %{VERSION}-%{RELEASE} %{ARCH} %{LICENSE}\\n"], capture_output=True, text=True,
+                            check=True).stdout.split("\n")
+    expected = sorted(tuple(line.split()) for line in listed if line)
+    found = sorted((p["name"], p["versionInfo"], arch_of(p),
+                    p["licenseDeclared"]) for p in doc["packages"][1:])
+    assert found == expected
+    assert all(p["sourceInfo"] == "built package from: hello-1.0-1.src.rpm" for p in doc["packages"][1:])

@@ -69,6 +69,7 @@ def test_flags_take_help_and_choices_from_the_schema(schema):
     ["--layers", "6", "--layer-path", "app=/opt/app", "--layer-path", "app=/srv", "--layer-path", "log=/var/log"],
     ["--compression", "none", "--config", '{"Cmd": ["/usr/bin/foo"], "ExposedPorts": ["80"]}',
      "--architecture", "aarch64", "--variant", "v8", "--level", "3"],
+    ["--sbom", "--tag", "debtree:2"],
 ])
 def test_the_command_writes_what_the_assembler_writes(oci_archive, schema, tree, tmp_path, capsys, extra):  # noqa: PLR0917
     before = snapshot(tree)
@@ -82,15 +83,18 @@ def test_the_command_writes_what_the_assembler_writes(oci_archive, schema, tree,
     os.makedirs(tmp_path / "module")
     seen = []
     assert oci_archive.main(str(tmp_path / "module"), {"tree": {"path": tree}}, options, metadata=seen.append) == 0
-    with open(tmp_path / "cmd" / "image.tar", "rb") as a, open(tmp_path / "module" / "image.tar", "rb") as b:
-        assert a.read() == b.read(), "the same bytes as the assembler"
+    for name in os.listdir(tmp_path / "module"):
+        with open(tmp_path / "cmd" / name, "rb") as a, open(tmp_path / "module" / name, "rb") as b:
+            assert a.read() == b.read(), f"{name}: the same bytes as the assembler"
+    assert sorted(os.listdir(tmp_path / "cmd")) == sorted(os.listdir(tmp_path / "module"))
     result = json.loads(out)
     assert {k: v for k, v in result.items() if k != "seconds"} == \
         {k: v for k, v in seen[0].items() if k != "seconds"}, "--json prints the assembler's result"
     archive = Archive(str(tmp_path / "cmd" / "image.tar"))
     assert result["manifest"] == archive.index["manifests"][0]["digest"]
     assert [layer["digest"] for layer in result["layers"]] == [d["digest"] for d in archive.manifest["layers"]]
-    assert os.listdir(tmp_path / "cmd") == ["image.tar"]
+    sbom = ["image.tar.spdx.json"] if "--sbom" in extra else []
+    assert sorted(os.listdir(tmp_path / "cmd")) == ["image.tar", *sbom]
 
 
 def test_defaults_architecture_of_the_host_and_epoch_from_the_environment(tree, tmp_path, capsys, monkeypatch):
