@@ -15,6 +15,7 @@ The modules follow the data path; each imports only those above it:
 - `plan`: which layer each file goes to
 - `sbom`: an SPDX 2.3 document of the packages the tree's databases list
 - `tarstream`: GNU tar's command line and reading its headers in place
+- `diff`: what changed from one tree to the next, with OCI whiteouts
 - `archive`: the outer archive, blobs streamed in behind reserved headers
 - `compress`: the compressors, and the streaming path (pigz, zstd)
 - `cache`: compressed pieces of earlier archives, found by their content

@@ -3,12 +3,14 @@
 import errno
 import os
 import tarfile
+import tempfile
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .archive import BlobWriter, tar_member
 from .cache import CACHE_ID, PieceCache
 from .compress import Compressor, compressor, stream_layer
+from .diff import TreeDiff, diff_tar_argv, whiteout_headers
 from .layout import (
     HISTORY_SINGLE,
     LAYER_MEDIA_TYPES,
@@ -25,53 +27,68 @@ from .layout import (
     sha256_digest,
 )
 from .options import DEFAULT_COMPRESSION, check_options, safe_filename, sbom_filename
-from .plan import Layer, LayerPlan, plan_layers
+from .plan import HISTORY_PREFIX, Layer, LayerPlan, plan_layers
 from .sbom import document as spdx_document
 from .split import SplitLayers
 from .tarstream import layer_tar_argv, padding
 from .util import human, write_all
 
 
-def write_layer(fd: int, argv: List[str], comp: Optional[Compressor], mtime: int, *,
+def write_layer(blob: BlobWriter, argv: List[str], comp: Optional[Compressor], mtime: int, *,
                 log=print, cache: Optional[PieceCache] = None) -> Dict[str, Any]:
     """Write the layer blob of tar `argv` into the archive"""
-    blob = BlobWriter(fd)
-    try:
-        if comp is not None and comp.chunked:
-            (layer,) = SplitLayers(argv, comp.argv, blob, os.cpu_count() or 1, cache=cache).run(mtime, log)
-            assert layer is not None  # a tar stream is never empty
-            return layer
-        blob.begin()
-        diff_id, raw_size = stream_layer(argv, blob, comp, log)
-        blob_digest, size = blob.end(mtime)
-        return {"diff_id": diff_id, "raw_size": raw_size, "digest": blob_digest, "size": size}
-    finally:
-        blob.close()
+    if comp is not None and comp.chunked:
+        (layer,) = SplitLayers(argv, comp.argv, blob, os.cpu_count() or 1, cache=cache).run(mtime, log)
+        assert layer is not None  # a tar stream is never empty
+        return layer
+    blob.begin()
+    diff_id, raw_size = stream_layer(argv, blob, comp, log)
+    blob_digest, size = blob.end(mtime)
+    return {"diff_id": diff_id, "raw_size": raw_size, "digest": blob_digest, "size": size}
 
 
-def write_split_layers(fd: int, argv: List[str], root: bytes, options: Dict[str, Any], comp: Optional[Compressor],
-                       *, mtime: int, spill_dir: Optional[str], log=print,
+def write_split_layers(blob: BlobWriter, argv: List[str], root: bytes, options: Dict[str, Any],
+                       comp: Optional[Compressor], *, mtime: int, spill_dir: Optional[str], log=print,
                        cache: Optional[PieceCache] = None) -> List[Tuple[Layer, Dict[str, Any]]]:
     """Write the layers of the tree at `root` (whose tar stream `argv` makes)
     as options.layers splits it into the archive; each planned layer that
     holds anything with its result"""
-    blob = BlobWriter(fd)
+    split = SplitLayers(argv, comp.argv if comp else None, blob, os.cpu_count() or 1,
+                        stored=options.get("compression", DEFAULT_COMPRESSION) == "gzip", cache=cache,
+                        spill_dir=spill_dir, parent_mtime=options.get("source-epoch") or 0, plan_later=True)
+    split.start()  # tar reads the tree while the package databases are read
     try:
-        split = SplitLayers(argv, comp.argv if comp else None, blob, os.cpu_count() or 1,
-                            stored=options.get("compression", DEFAULT_COMPRESSION) == "gzip", cache=cache,
-                            spill_dir=spill_dir, parent_mtime=options.get("source-epoch") or 0, plan_later=True)
-        split.start()  # tar reads the tree while the package databases are read
-        try:
-            plan = plan_layers(root, options["layers"], log) or LayerPlan.single()
-        except BaseException:
-            split.abandon()
-            raise
-        log(f"oci-archive: writing up to {len(plan.layers)} layer{'s' if len(plan.layers) > 1 else ''} "
-            f"from one pass over the tree, {f'compressed with {comp.name}' if comp else 'uncompressed'}", flush=True)
-        split.set_plan(plan)
-        return [(layer, made) for layer, made in zip(plan.layers, split.run(mtime, log)) if made]
+        plan = plan_layers(root, options["layers"], log) or LayerPlan.single()
+    except BaseException:
+        split.abandon()
+        raise
+    log(f"oci-archive: writing up to {len(plan.layers)} layer{'s' if len(plan.layers) > 1 else ''} "
+        f"from one pass over the tree, {f'compressed with {comp.name}' if comp else 'uncompressed'}", flush=True)
+    split.set_plan(plan)
+    return [(layer, made) for layer, made in zip(plan.layers, split.run(mtime, log)) if made]
+
+
+def write_diff_layer(blob: BlobWriter, before: str, after: str, options: Dict[str, Any],
+                     comp: Optional[Compressor], *, mtime: int, log=print,
+                     cache: Optional[PieceCache] = None) -> Dict[str, Any]:
+    """Write the layer of what changed from tree `before` to tree `after` (see diff.py)"""
+    epoch = options.get("source-epoch")
+    change = TreeDiff(before, after, epoch)
+    entries, whiteouts = change.entries(), change.whiteouts()
+    log(f"oci-archive: difference: {len(change.changed)} entries changed or added, {len(whiteouts)} removed",
+        flush=True)
+    fd, listing = tempfile.mkstemp(prefix="oci-archive-entries-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"".join((b"./" + entry if entry else b".") + b"\0" for entry in entries))
+        split = SplitLayers(diff_tar_argv(after, listing, epoch), comp.argv if comp else None, blob,
+                            os.cpu_count() or 1, stored=options.get("compression", DEFAULT_COMPRESSION) == "gzip",
+                            cache=cache, prefix=whiteout_headers(whiteouts, epoch or 0))
+        (layer,) = split.run(mtime, log)
+        assert layer is not None
+        return layer
     finally:
-        blob.close()
+        os.unlink(listing)
 
 
 def open_cache(path: Optional[str], comp: Optional[Compressor], output: Optional[Tuple[str, str]],
@@ -87,9 +104,11 @@ def open_cache(path: Optional[str], comp: Optional[Compressor], output: Optional
 
 
 def write_archive(tree: str, path: str, options: Dict[str, Any], created: int, *, log=print,
-                  cache_dir: Optional[str] = None, output: Optional[Tuple[str, str]] = None) -> Dict[str, Any]:
+                  cache_dir: Optional[str] = None, output: Optional[Tuple[str, str]] = None,
+                  diffs: Sequence[Tuple[str, str]] = ()) -> Dict[str, Any]:
     """Write the OCI archive of `tree` to `path` (which must not exist yet);
-    `output` is (output id, file name) under which the engine keeps it"""
+    `output` is (output id, file name) under which the engine keeps it;
+    each of `diffs` (name, tree) adds a layer of what changed from the tree before"""
     check_options(options)  # fail before the long work
     compression = options.get("compression", DEFAULT_COMPRESSION)
     comp = compressor(compression, options.get("compression-level"))
@@ -100,21 +119,28 @@ def write_archive(tree: str, path: str, options: Dict[str, Any], created: int, *
     argv = layer_tar_argv(tree, options.get("source-epoch"))
 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    blob = BlobWriter(fd)
     try:
         if "layers" not in options:
             log(f"oci-archive: writing 1 layer, {f'compressed with {comp.name}' if comp else 'uncompressed'}",
                 flush=True)
             history = [HISTORY_SINGLE]
-            layers = [write_layer(fd, argv, comp, mtime, log=log, cache=cache)]
+            layers = [write_layer(blob, argv, comp, mtime, log=log, cache=cache)]
         else:
             history, layers = [], []
-            for planned, layer in write_split_layers(fd, argv, os.fsencode(os.path.abspath(tree)), options, comp,
+            for planned, layer in write_split_layers(blob, argv, os.fsencode(os.path.abspath(tree)), options, comp,
                                                      mtime=mtime, spill_dir=os.path.dirname(os.path.abspath(path)),
                                                      log=log, cache=cache):
                 history.append(planned.created_by())
                 layers.append(layer)
                 log(f"oci-archive: layer {len(layers)}: {layer['entries']} entries, "
                     f"{human(layer['raw_size'])}: {planned.describe()}")
+        before = tree
+        for name, after in diffs:
+            layers.append(write_diff_layer(blob, before, after, options, comp, mtime=mtime, log=log, cache=cache))
+            history.append(f"{HISTORY_PREFIX}changes of input {name}")
+            log(f"oci-archive: layer {len(layers)}: {human(layers[-1]['raw_size'])}: changes of input {name}")
+            before = after
         if cache:
             log(f"oci-archive: {cache.hits} of {cache.hits + cache.misses} pieces reused from the cache"
                 + (f", {cache.damaged} damaged ones compressed again" if cache.damaged else ""), flush=True)
@@ -125,7 +151,7 @@ def write_archive(tree: str, path: str, options: Dict[str, Any], created: int, *
         manifest_annotations = dict(annotations)
         if options.get("sbom"):
             # the SBOM names the config (the image ID), the manifest names the SBOM: no cycle
-            sbom, packages = spdx_document(tree, options.get("tag") or options["filename"], sha256_digest(config),
+            sbom, packages = spdx_document(before, options.get("tag") or options["filename"], sha256_digest(config),
                                            rfc3339(created), log)
             manifest_annotations[SBOM_ANNOTATION] = sha256_digest(sbom)
             log(f"oci-archive: sbom: {packages} packages, {sha256_digest(sbom)}")
@@ -148,6 +174,7 @@ def write_archive(tree: str, path: str, options: Dict[str, Any], created: int, *
         write_all(fd, b"\0" * (2 * tarfile.BLOCKSIZE))  # end of archive
         os.fsync(fd)
     finally:
+        blob.close()
         os.close(fd)
     if cache:
         cache.commit()
@@ -163,7 +190,7 @@ def write_archive(tree: str, path: str, options: Dict[str, Any], created: int, *
 
 
 def assemble(tree: str, output_dir: str, options: Dict[str, Any], *, cache: Optional[str] = None,
-             output_id: Optional[str] = None, log=print) -> Dict[str, Any]:
+             output_id: Optional[str] = None, diffs: Sequence[Tuple[str, str]] = (), log=print) -> Dict[str, Any]:
     """Write the OCI archive of the folder `tree` as `options["filename"]` in
     `output_dir`: under a temporary name first, renamed when complete, nothing
     left on failure. `cache` is a folder of the piece cache, `output_id` the
@@ -182,7 +209,7 @@ def assemble(tree: str, output_dir: str, options: Dict[str, Any], *, cache: Opti
     placed = []
     try:
         output = (output_id, filename) if output_id and CACHE_ID.fullmatch(output_id) else None
-        info = write_archive(tree, temp, options, created, cache_dir=cache, output=output, log=log)
+        info = write_archive(tree, temp, options, created, cache_dir=cache, output=output, diffs=diffs, log=log)
         if info["sbom"] is not None:
             write_file(sbom_temp, info["sbom"])
             os.replace(sbom_temp, sbom_target)

@@ -171,11 +171,12 @@ class SplitLayers(ChunkedLayers):
 
     def __init__(self, argv: List[str], comp_argv: Optional[List[str]], blob: BlobWriter, workers: int, *,
                  stored: bool = True, cache: Optional[PieceCache] = None, spill_dir: Optional[str] = None,
-                 parent_mtime: int = 0, plan_later: bool = False):
+                 parent_mtime: int = 0, plan_later: bool = False, prefix: bytes = b""):
         super().__init__(comp_argv or [], blob, workers, stored=stored, cache=cache, spill_dir=spill_dir)
         self.argv = argv
         self.plan = LayerPlan.single()  # until set_plan (with plan_later)
         self.parent_mtime = parent_mtime
+        self.prefix = prefix  # tar entries that come before tar's stream (a difference layer's whiteouts)
         self._planned = threading.Event()
         if not plan_later:
             self._planned.set()
@@ -257,6 +258,9 @@ class SplitLayers(ChunkedLayers):
         try:
             bigger_pipe(tar.stdout)
             src = TarReader(tar.stdout.fileno())
+            if self.prefix:
+                src.ahead.append(self.prefix)
+                src.ahead_size += len(self.prefix)
             while not self._planned.is_set():
                 if not src.read_ahead(READ_AHEAD):
                     self._planned.wait(0.05)
