@@ -1,8 +1,13 @@
-"""Two trees and what changed between them, for the difference layers of the format-2 stage"""
+"""Two trees and what changed between them, for the difference layers of the format-2 stage
+
+As a script (for a test stage): `difftrees.py base|second TREE` makes that tree in TREE.
+"""
 
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 
 EPOCH = 1600000000
 
@@ -44,7 +49,8 @@ def make_second(base, root):
     """A copy of `base` with: a file and a whole directory removed, one name of a hard link
     removed, a directory turned into a file and a file into a directory, one file's content
     changed (same size, same mtime), another's mode only, files added in new and old directories"""
-    subprocess.run(["cp", "-a", base, root], check=True)
+    os.makedirs(root, exist_ok=True)
+    subprocess.run(["cp", "-a", os.path.join(base, "."), root], check=True)
     os.unlink(os.path.join(root, "etc/gone"))
     shutil.rmtree(os.path.join(root, "dir/gone"))
     os.unlink(os.path.join(root, "links/b"))
@@ -66,3 +72,12 @@ CHANGED = {"./data/content", "./data/mode", "./swap/dir2file", "./swap/file2dir/
 PARENTS = {"./", "./data/", "./swap/", "./old/", "./etc/", "./dir/", "./links/"}
 WHITEOUTS = {"./etc/.wh.gone", "./dir/.wh.gone", "./links/.wh.b", "./swap/.wh.dir2file", "./swap/.wh.file2dir"}
 UNCHANGED = {"./etc/keep", "./etc/link", "./dir/stays", "./links/a", "./old/existing"}
+
+
+if __name__ == "__main__":
+    which, target = sys.argv[1], sys.argv[2]
+    if which == "base":
+        make_base(target)
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            make_second(make_base(os.path.join(scratch, "base")), target)
