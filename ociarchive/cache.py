@@ -126,11 +126,14 @@ class PieceCache:
             return None
 
     def _forget(self, index: str) -> None:
-        """An archive is not what its index says: none of its pieces is used again"""
+        """An archive is not what its index says: none of its pieces is used again
+        (counted once per archive, however many workers found it out at the same time)"""
         with self._lock:
-            self.damaged += 1
             self.misses += 1
-            self._pieces = {k: v for k, v in self._pieces.items() if v[0] != index}
+            kept = {k: v for k, v in self._pieces.items() if v[0] != index}
+            if len(kept) < len(self._pieces):
+                self.damaged += 1
+            self._pieces = kept
         try:
             os.unlink(index)
         except OSError:
