@@ -103,6 +103,24 @@ def open_cache(path: Optional[str], comp: Optional[Compressor], output: Optional
         return None
 
 
+def write_base_layers(blob: BlobWriter, argv: List[str], tree: str, options: Dict[str, Any], *,
+                      comp: Optional[Compressor], mtime: int, spill_dir: str, log,
+                      cache: Optional[PieceCache]) -> Tuple[List[str], List[Dict[str, Any]]]:
+    """The layer(s) of the tree itself: one, or those options.layers plans; (history lines, results)"""
+    if "layers" not in options:
+        log(f"oci-archive: writing 1 layer, {f'compressed with {comp.name}' if comp else 'uncompressed'}",
+            flush=True)
+        return [HISTORY_SINGLE], [write_layer(blob, argv, comp, mtime, log=log, cache=cache)]
+    history, layers = [], []
+    for planned, layer in write_split_layers(blob, argv, os.fsencode(os.path.abspath(tree)), options, comp,
+                                             mtime=mtime, spill_dir=spill_dir, log=log, cache=cache):
+        history.append(planned.created_by())
+        layers.append(layer)
+        log(f"oci-archive: layer {len(layers)}: {layer['entries']} entries, "
+            f"{human(layer['raw_size'])}: {planned.describe()}")
+    return history, layers
+
+
 def write_archive(tree: str, path: str, options: Dict[str, Any], created: int, *, log=print,
                   cache_dir: Optional[str] = None, output: Optional[Tuple[str, str]] = None,
                   diffs: Sequence[Tuple[str, str]] = ()) -> Dict[str, Any]:
@@ -121,20 +139,8 @@ def write_archive(tree: str, path: str, options: Dict[str, Any], created: int, *
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     blob = BlobWriter(fd)
     try:
-        if "layers" not in options:
-            log(f"oci-archive: writing 1 layer, {f'compressed with {comp.name}' if comp else 'uncompressed'}",
-                flush=True)
-            history = [HISTORY_SINGLE]
-            layers = [write_layer(blob, argv, comp, mtime, log=log, cache=cache)]
-        else:
-            history, layers = [], []
-            for planned, layer in write_split_layers(blob, argv, os.fsencode(os.path.abspath(tree)), options, comp,
-                                                     mtime=mtime, spill_dir=os.path.dirname(os.path.abspath(path)),
-                                                     log=log, cache=cache):
-                history.append(planned.created_by())
-                layers.append(layer)
-                log(f"oci-archive: layer {len(layers)}: {layer['entries']} entries, "
-                    f"{human(layer['raw_size'])}: {planned.describe()}")
+        history, layers = write_base_layers(blob, argv, tree, options, comp=comp, mtime=mtime, log=log, cache=cache,
+                                            spill_dir=os.path.dirname(os.path.abspath(path)))
         before = tree
         for name, after in diffs:
             layers.append(write_diff_layer(blob, before, after, options, comp, mtime=mtime, log=log, cache=cache))

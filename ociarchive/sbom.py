@@ -249,6 +249,11 @@ def distro_qualifier(distro: Dict[str, str]) -> str:
         distro.get("ID", "")
 
 
+def rpm_text(tags: Dict[int, Any], tag: int) -> str:
+    value = tags.get(tag)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
+
+
 def rpm_packages(root: str, distro: Dict[str, str], refs: Dict[str, str]) -> List[Dict[str, Any]]:
     """The packages of the tree's rpmdb.sqlite, as SPDX packages (without SPDXID)"""
     for relative in RPMDB_PATHS:
@@ -262,21 +267,18 @@ def rpm_packages(root: str, distro: Dict[str, str], refs: Dict[str, str]) -> Lis
             except (ValueError, IndexError):
                 continue
 
-            def text(tag: int, tags: Dict[int, Any] = tags) -> str:
-                value = tags.get(tag)
-                return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
-
-            name, version, release, arch = text(RPMTAG_NAME), text(RPMTAG_VERSION), text(RPMTAG_RELEASE), \
-                text(RPMTAG_ARCH)
+            text = {tag: rpm_text(tags, tag) for tag in RPM_WANTED}
+            name, version, release, arch = text[RPMTAG_NAME], text[RPMTAG_VERSION], text[RPMTAG_RELEASE], \
+                text[RPMTAG_ARCH]
             if not name or name == "gpg-pubkey":
                 continue
             epoch = tags.get(RPMTAG_EPOCH, [None])[0]
             full = f"{epoch}:{version}-{release}" if epoch else f"{version}-{release}"
-            source = text(RPMTAG_SOURCERPM)
+            source = text[RPMTAG_SOURCERPM]
             package: Dict[str, Any] = {
                 "name": name,
                 "versionInfo": full,
-                "licenseDeclared": spdx_expression(text(RPMTAG_LICENSE), refs) if text(RPMTAG_LICENSE)
+                "licenseDeclared": spdx_expression(text[RPMTAG_LICENSE], refs) if text[RPMTAG_LICENSE]
                 else NOASSERTION,
                 "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
                                   "referenceLocator": purl("rpm", distro.get("ID", ""), name, f"{version}-{release}",
@@ -285,12 +287,12 @@ def rpm_packages(root: str, distro: Dict[str, str], refs: Dict[str, str]) -> Lis
             }
             if source:
                 package["sourceInfo"] = f"built package from: {source}"
-            if text(RPMTAG_VENDOR):
-                package["supplier"] = party(text(RPMTAG_VENDOR))
-            if text(RPMTAG_PACKAGER):
-                package["originator"] = party(text(RPMTAG_PACKAGER))
-            if text(RPMTAG_URL):
-                package["homepage"] = text(RPMTAG_URL)
+            if text[RPMTAG_VENDOR]:
+                package["supplier"] = party(text[RPMTAG_VENDOR])
+            if text[RPMTAG_PACKAGER]:
+                package["originator"] = party(text[RPMTAG_PACKAGER])
+            if text[RPMTAG_URL]:
+                package["homepage"] = text[RPMTAG_URL]
             out.append(("rpm", name, arch, full, package))
         return [p for *_, p in sorted(out, key=lambda item: item[:4])]
     return []
