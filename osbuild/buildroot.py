@@ -12,7 +12,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .util.types import PathLike
 
@@ -60,6 +60,13 @@ def _installed_package(name: str) -> Optional[str]:
     return os.path.abspath(list(spec.submodule_search_locations)[0])
 
 
+def _setenv(env: Dict[str, str]) -> List[str]:
+    """bwrap's arguments for the terminal type and `env` (SOURCE_DATE_EPOCH, ...)"""
+    if os.environ.get("TERM"):
+        env = {"TERM": os.environ["TERM"], **env}
+    return [arg for key, value in sorted(env.items()) for arg in ("--setenv", key, value)]
+
+
 class BuildRoot:
     """A build root to run modules in"""
 
@@ -75,7 +82,7 @@ class BuildRoot:
             raise SandboxError(f"runner {runner!r} not found in {os.path.join(self.libdir, 'runners')}")
 
     def argv(self, module: str, binds: Sequence[Tuple[str, str]],
-             readonly_binds: Sequence[Tuple[str, str]]) -> List[str]:
+             readonly_binds: Sequence[Tuple[str, str]], env: Optional[Dict[str, str]] = None) -> List[str]:
         name = os.path.basename(module)
         cmd = [
             "bwrap",
@@ -135,16 +142,16 @@ class BuildRoot:
             "--setenv", "HOME", "/root",
             "--setenv", "LC_ALL", "C.UTF-8",
         ]
-        if os.environ.get("TERM"):
-            cmd += ["--setenv", "TERM", os.environ["TERM"]]
+        cmd += _setenv(env or {})
         cmd += [f"/run/osbuild/lib/runners/{self.runner}", f"/run/osbuild/bin/{name}"]
         return cmd
 
     def run(self, module: str, binds: Sequence[Tuple[str, str]] = (),
             readonly_binds: Sequence[Tuple[str, str]] = (),
-            on_output: Optional[Callable[[str], None]] = None) -> Tuple[int, str]:
-        """Run `module` in the sandbox; returns (exit status, its output)"""
-        argv = self.argv(module, binds, readonly_binds)
+            on_output: Optional[Callable[[str], None]] = None,
+            env: Optional[Dict[str, str]] = None) -> Tuple[int, str]:
+        """Run `module` in the sandbox (with `env` set too); returns (exit status, its output)"""
+        argv = self.argv(module, binds, readonly_binds, env)
         output: List[str] = []
         with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT) as proc:

@@ -14,18 +14,19 @@ import re
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, TextIO, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple, Union
 
 from . import __version__
 from .buildroot import SandboxError
-from .formats import v1
+from .formats import v1, v2
 from .inputs import InputError
 from .interrupt import Interrupted, install
 from .interrupt import report as report_interrupt
-from .meta import Index, ModuleError, default_libdir, host_os_release, json_path
+from .meta import Index, ModuleError, ValidationResult, default_libdir, host_os_release, json_path
 from .monitor import BaseMonitor, LogMonitor
 from .objectstore import ObjectStore
 from .pipeline import BuildError, Manifest
+from .pipelines import ManifestV2
 from .sources import SourceError
 
 EXIT_OK = 0
@@ -56,7 +57,10 @@ def parse_arguments(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("-l", "--libdir", metavar="DIR", default=None,
                         help="folder holding stages/, assemblers/, inputs/, runners/ (default: the installed ones)")
     parser.add_argument("--checkpoint", metavar="ID", action="append", default=[],
-                        help="stage id to keep in the store (may be given several times)")
+                        help="stage id to keep in the store (may be given several times); in format 2 also "
+                             "pipeline names and stage types, as fnmatch patterns")
+    parser.add_argument("--export", metavar="NAME", action="append", default=[],
+                        help="format 2: build pipeline NAME and export its tree to OUTDIR/NAME (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--output-directory", metavar="DIR", default=None,
                         help="where the assembler's output is written")
@@ -167,26 +171,114 @@ def read_manifest(path: str) -> Any:
     return document
 
 
-def load_manifest(args: argparse.Namespace, description: Any, index: Index, out: TextIO) -> Union[Manifest, int]:
-    """The Manifest, or the exit status after reporting every problem"""
-    result = v1.validate(description, index)
-    if not result.valid:
-        if args.json:
-            json.dump(result.as_dict(), out)
-            out.write("\n")
-        name = "<stdin>" if args.manifest_path == "-" else args.manifest_path
-        for error in result.errors:
-            print(f"osbuild: {name}: {error}", file=sys.stderr)
-        return EXIT_INVALID
+def report_invalid(args: argparse.Namespace, result: ValidationResult, out: TextIO) -> int:
+    """Every problem of an invalid manifest, one line each with its JSON path; exit 2"""
+    if args.json:
+        json.dump(result.as_dict(), out)
+        out.write("\n")
+    name = "<stdin>" if args.manifest_path == "-" else args.manifest_path
+    for error in result.errors:
+        print(f"osbuild: {name}: {error}", file=sys.stderr)
+    return EXIT_INVALID
 
-    def host_runner() -> str:
+
+def host_runner(index: Index) -> Callable[[], str]:
+    def detect() -> str:
         release = host_os_release()
         return index.detect_runner(release.get("ID", "linux"), release.get("VERSION_ID", ""))
+    return detect
 
+
+def load_manifest(args: argparse.Namespace, description: Any, index: Index, out: TextIO) -> Union[Manifest, int]:
+    """The Manifest, or the exit status after reporting every problem"""
+    if args.export:
+        return _fail("--export names pipelines of format-2 manifests; format 1 writes its assembler's output "
+                     "to --output-directory")
+    result = v1.validate(description, index)
+    if not result.valid:
+        return report_invalid(args, result, out)
     try:
-        return v1.load(description, index, host_runner)
+        return v1.load(description, index, host_runner(index))
     except ModuleError as e:
         return _fail(str(e))
+
+
+def failure(args: argparse.Namespace, error: BaseException, started: float, out: TextIO) -> int:
+    """A build that could not go on: one line (and one JSON document with --json); exit 1"""
+    # an OSError of Python's in words ("no space left on device: PATH"), not as "[Errno 28] ..."
+    why = f"{error.strerror[:1].lower()}{error.strerror[1:]}{f': {error.filename}' if error.filename else ''}" \
+        if isinstance(error, OSError) and error.strerror else str(error)
+    if args.json:  # stdout still carries one JSON document
+        json.dump({"success": False, "error": f"build failed: {why}",
+                   "duration": round(time.monotonic() - started, 3)}, out)
+        out.write("\n")
+    return _fail(f"build failed: {why}", EXIT_FAILED)
+
+
+BUILD_ERRORS = (BuildError, SandboxError, InputError, SourceError, OSError, subprocess.CalledProcessError)
+
+
+def report_v2(args: argparse.Namespace, manifest: ManifestV2, res: Dict[str, Any], out: TextIO) -> None:
+    """A format-2 build's result: JSON, or where each export went (success) / the failed stage"""
+    if args.json:
+        json.dump(v2.output(res), out)
+        out.write("\n")
+    elif res["success"]:
+        for name in args.export:
+            out.write(f"{name}: {manifest.pipelines[name].id} exported to "
+                      f"{os.path.join(args.output_directory, name)}\n")
+    else:
+        failed = next(s for stages in res["pipelines"].values() for s in stages if not s["success"])
+        print(f"osbuild: build failed: {failed['name']} ({failed['id']}): {failed['error']}", file=sys.stderr)
+
+
+def run_v2(args: argparse.Namespace, description: Dict[str, Any], libdir: str,  # noqa: PLR0911
+           out: TextIO) -> int:
+    """A format-2 manifest: validate, load, then inspect or build what --export names"""
+    index = Index(libdir)
+    result = v2.validate(description, index)
+    if not result.valid:
+        return report_invalid(args, result, out)
+    try:
+        manifest = v2.load(description, index, host_runner(index))
+    except ModuleError as e:
+        return _fail(str(e))
+    unknown = [name for name in args.export if name not in manifest.pipelines]
+    if unknown:
+        return _fail(f"--export {', '.join(unknown)}: no pipeline of that name "
+                     f"(the manifest has {', '.join(manifest.pipelines) or 'none'})", EXIT_FAILED)
+    if args.checkpoint and not manifest.mark_checkpoints(args.checkpoint):
+        return _fail(f"--checkpoint {', '.join(args.checkpoint)}: matches no pipeline name, stage id or stage type",
+                     EXIT_FAILED)
+    if args.inspect:
+        json.dump(v2.describe(manifest, with_id=True), out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    if args.export and not args.output_directory:
+        return _fail("--export needs --output-directory", EXIT_FAILED)
+    if not args.export:
+        print("osbuild: no --export given: nothing to build (format 2 builds the pipelines it exports)",
+              file=sys.stderr)
+        if args.json:
+            json.dump({"type": "result", "success": True, "metadata": {}, "log": {}}, out)
+            out.write("\n")
+        return EXIT_OK
+    monitor: BaseMonitor = LogMonitor(sys.stderr if args.json else sys.stdout)
+    started = time.monotonic()
+    try:
+        store = open_store(args.store, monitor)
+        res = manifest.build(store, monitor, libdir, exports=args.export, output_directory=args.output_directory,
+                             cache_max_size=args.cache_max_size)
+        res["duration"] = round(time.monotonic() - started, 3)
+    except Interrupted as e:
+        if args.json:
+            json.dump({"success": False, "error": f"interrupted ({e.name})"}, out)
+            out.write("\n")
+        return report_interrupt(e)
+    except BUILD_ERRORS as e:
+        return failure(args, e, started, out)
+    report_v2(args, manifest, res, out)
+    return EXIT_OK if res["success"] else EXIT_FAILED
 
 
 def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one return per documented outcome
@@ -201,6 +293,8 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
     except ValueError as e:
         return _fail(str(e))
 
+    if isinstance(description, dict) and description.get("version") == v2.VERSION:
+        return run_v2(args, description, libdir, out)
     manifest = load_manifest(args, description, Index(libdir), out)
     if isinstance(manifest, int):
         return manifest
@@ -234,15 +328,8 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
     except KeyboardInterrupt:
         print("\nosbuild: interrupted, nothing was kept of the unfinished work", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (BuildError, SandboxError, InputError, SourceError, OSError, subprocess.CalledProcessError) as e:
-        # an OSError of Python's in words ("no space left on device: PATH"), not as "[Errno 28] ..."
-        why = f"{e.strerror[:1].lower()}{e.strerror[1:]}{f': {e.filename}' if e.filename else ''}" \
-            if isinstance(e, OSError) and e.strerror else str(e)
-        if args.json:  # stdout still carries one JSON document
-            json.dump({"success": False, "error": f"build failed: {why}",
-                       "duration": round(time.monotonic() - started, 3)}, out)
-            out.write("\n")
-        return _fail(f"build failed: {why}", EXIT_FAILED)
+    except BUILD_ERRORS as e:
+        return failure(args, e, started, out)
 
     report(args, manifest, res, out)
     return EXIT_OK if res["success"] else EXIT_FAILED

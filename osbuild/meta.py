@@ -3,8 +3,11 @@
 Every module (stage, assembler, input, source, runner) is a Python script in
 a folder of its kind under the libdir. Its module docstring is its
 description and a module-level `SCHEMA = \"\"\"...\"\"\"` string holds the body
-of the JSON schema of its options. Both are read with `ast`: a module is
-never imported to learn about it.
+of the JSON schema of its options (format 1); `SCHEMA_2` the body of the
+schema of its format-2 description (`options`, `inputs`, ...). Both are read
+with `ast`: a module is never imported to learn about it. As in today's
+osbuild, a `NAME.meta.json` beside the module wins over all of that
+(`summary`, `description`, `schema`, `schema_2`).
 """
 
 import ast
@@ -93,7 +96,7 @@ def read_module_source(libdir: str, folder: str, name: str) -> str:
 
 # a top-level `SCHEMA = """..."""` (either triple quote), and the string
 # that opens a module (its docstring)
-SCHEMA_LINE = re.compile(r"^SCHEMA[ \t]*=", re.MULTILINE)
+SCHEMA_LINE = re.compile(r"^SCHEMA(?:_2)?[ \t]*=", re.MULTILINE)
 SCHEMA_STRING = re.compile(r'[ \t]*[rRuU]?("""|\'\'\')(.*?)\1', re.DOTALL)
 OPENING_STRING = re.compile(r'\A(?:[ \t]*(?:#[^\n]*)?\n)*[rRuU]?("""|\'\'\')(.*?)\1', re.DOTALL)
 
@@ -125,16 +128,18 @@ def parse_module_head(source: str, path: str, where: str) -> ast.Module:
 
 
 class ModuleInfo:
-    """What a module says about itself: summary, description, option schema"""
+    """What a module says about itself: summary, description, option schemas"""
 
-    def __init__(self, klass: str, name: str, path: str, description: str, schema_body: str):
+    def __init__(self, klass: str, name: str, path: str, description: str, schema_body: str, *,
+                 schema_2: Optional[Dict[str, Any]] = None, opts: Optional[Dict[str, Any]] = None):
         self.type = klass
         self.name = name
         self.path = path
         self.description = description
         self.summary = description.split("\n", 1)[0].strip()
         self._schema_body = schema_body
-        self._opts: Optional[Dict[str, Any]] = None
+        self._opts: Optional[Dict[str, Any]] = opts
+        self.schema_2 = schema_2  # the format-2 description's schema body, None without one
 
     @classmethod
     def load(cls, libdir: PathLike, klass: str, name: str) -> "ModuleInfo":
@@ -148,19 +153,53 @@ class ModuleInfo:
             raise ModuleError(f"unknown {klass.lower()} {name!r}: no {where} in {os.fspath(libdir)}") from None
         except OSError as e:
             raise ModuleError(f"{where}: cannot read: {e.strerror or e}") from e
+        described = cls._load_meta_json(os.fspath(libdir), folder, name, path)
+        if described:
+            return described
         tree = parse_module_head(source, path, where)
         description = ast.get_docstring(tree)
         if not description:
             raise ModuleError(f"{where}: the module has no docstring (its description)")
-        schema_body = ""
+        strings = {}
         for node in tree.body:
             if not isinstance(node, ast.Assign):
                 continue
-            if any(isinstance(t, ast.Name) and t.id == "SCHEMA" for t in node.targets):
-                if not isinstance(node.value, ast.Constant) or not isinstance(node.value.value, str):
-                    raise ModuleError(f"{where}: SCHEMA must be a plain string literal")
-                schema_body = node.value.value
-        return cls(klass, name, path, description, schema_body)
+            for target in node.targets:
+                if isinstance(target, ast.Name) and target.id in ("SCHEMA", "SCHEMA_2"):
+                    if not isinstance(node.value, ast.Constant) or not isinstance(node.value.value, str):
+                        raise ModuleError(f"{where}: {target.id} must be a plain string literal")
+                    strings[target.id] = node.value.value
+        schema_2 = None
+        if strings.get("SCHEMA_2", "").strip():
+            try:
+                schema_2 = json.loads("{" + strings["SCHEMA_2"] + "}")
+            except ValueError as e:
+                raise ModuleError(f"{where}: SCHEMA_2 is not valid JSON: {e}") from e
+        return cls(klass, name, path, description, strings.get("SCHEMA", ""), schema_2=schema_2)
+
+    @classmethod
+    def _load_meta_json(cls, libdir: str, folder: str, name: str, path: str) -> Optional["ModuleInfo"]:
+        """The module as its NAME.meta.json describes it (None without one): that file wins"""
+        where = f"{folder}/{name}.meta.json"
+        try:
+            text = read_module_source(libdir, folder, name + ".meta.json")
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ModuleError(f"{where}: not valid JSON: {e}") from e
+        if not isinstance(data, dict) or not isinstance(data.get("summary"), str):
+            raise ModuleError(f"{where}: no summary")
+        lines = data.get("description", [])
+        description = "\n".join([data["summary"], "", *lines] if isinstance(lines, list) else [data["summary"], "",
+                                                                                             str(lines)])
+        schema, schema_2 = data.get("schema"), data.get("schema_2")
+        if schema is not None and not isinstance(schema, dict) or schema_2 is not None and \
+                not isinstance(schema_2, dict):
+            raise ModuleError(f"{where}: schema and schema_2 must be objects")
+        return cls(FOLDERS_KLASS[folder], name, path, description.strip(), "", schema_2=schema_2 or None,
+                   opts=schema or {"additionalProperties": True})
 
     @property
     def opts(self) -> Dict[str, Any]:
@@ -181,6 +220,29 @@ class ModuleInfo:
             "type": "object",
             **self.opts,
         }
+
+    def v2_schema(self) -> Dict[str, Any]:
+        """A complete JSON schema for this module's object in a format-2 manifest, as
+        upstream makes it: SCHEMA_2 when there is one; a stage with only SCHEMA
+        validates its options"""
+        schema: Dict[str, Any] = {"$schema": "http://json-schema.org/draft-04/schema#",
+                                  "title": f"{self.type} {self.name}", "type": "object"}
+        if self.type == "Stage":
+            body = dict(self.schema_2) if self.schema_2 else {"options": {"type": "object", **self.opts}}
+            properties = {"type": {"enum": [self.name]}, **body}
+            properties.setdefault("devices", {"type": "object"})
+            properties.setdefault("mounts", {"type": "array"})
+            properties.setdefault("inputs", {"type": "object"})
+            definitions = properties.pop("definitions", None)
+            schema.update(additionalProperties=False, required=["type"], properties=properties)
+            if definitions:
+                schema["definitions"] = definitions
+            return schema
+        schema.update(self.schema_2 if self.schema_2 else {"additionalProperties": True})
+        return schema
+
+
+FOLDERS_KLASS = {folder: klass for klass, folder in FOLDERS.items()}
 
 
 class Index:

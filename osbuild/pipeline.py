@@ -35,7 +35,7 @@ class Stage:
     """One module run on a tree"""
 
     def __init__(self, info: ModuleInfo, build: Optional[str], base: Optional[str],
-                 options: Optional[Dict[str, Any]]):
+                 options: Optional[Dict[str, Any]], *, source_epoch: Optional[int] = None, version: int = 1):
         self.info = info
         self.name = info.name
         self.build = build
@@ -43,16 +43,26 @@ class Stage:
         self.options = options if options is not None else {}
         self.inputs: Dict[str, Input] = {}
         self.checkpoint = False
+        self.source_epoch = source_epoch
+        self.version = version
 
     @property
     def id(self) -> str:
+        """sha256 over (name, build, base, options); in format 2 also the pipeline's
+        source-epoch and the ids of the inputs, when there are any, as upstream"""
         m = hashlib.sha256()
         for part in (self.name, self.build, self.base, self.options):
             m.update(json.dumps(part, sort_keys=True).encode())
+        if self.version == 2:
+            if self.source_epoch is not None:
+                m.update(json.dumps(self.source_epoch, sort_keys=True).encode())
+            if self.inputs:
+                m.update(json.dumps({k: i.id for k, i in self.inputs.items()}, sort_keys=True).encode())
         return m.hexdigest()
 
-    def add_input(self, key: str, info: ModuleInfo, origin: str, options: Dict[str, Any]) -> Input:
-        inp = Input(info, origin, options)
+    def add_input(self, key: str, info: ModuleInfo, origin: str, options: Dict[str, Any],
+                  refs: Optional[Dict[str, Dict[str, Any]]] = None) -> Input:
+        inp = Input(info, origin, options, refs)
         self.inputs[key] = inp
         return inp
 
@@ -63,17 +73,21 @@ class Stage:
         inputs: Dict[str, Any] = {}
         ro_binds = [(sources_dir, "/run/osbuild/sources")] if sources_dir else []
         for key, inp in self.inputs.items():
-            mapped = inp.map(store_api)
+            mapped = inp.map(store_api, sources_dir)
             target = f"/run/osbuild/inputs/{key}"
             ro_binds.append((mapped["path"], target))
             inputs[key] = {"path": target, "data": mapped["data"]}
-        args = {
+        args: Dict[str, Any] = {
             "tree": "/run/osbuild/tree",
             "options": self.options,
             "inputs": inputs,
             "sources": "/run/osbuild/sources",
             "meta": {"id": self.id},
         }
+        env: Dict[str, str] = {}
+        if self.source_epoch is not None:
+            args["meta"]["source-epoch"] = self.source_epoch
+            env["SOURCE_DATE_EPOCH"] = str(self.source_epoch)
         binds = [(tree, "/run/osbuild/tree")]
         if cache_dir:
             # this engine's extension: a folder kept for the module between builds
@@ -85,6 +99,7 @@ class Stage:
                 binds=[*binds, (server.socket_dir, "/run/osbuild/api")],
                 readonly_binds=ro_binds,
                 on_output=monitor.log,
+                env=env,
             )
         error: Any = server.error
         if status != 0 and error is None:

@@ -14,6 +14,10 @@ from typing import Any, Dict
 from .meta import ModuleInfo, host_module_env, host_python
 from .monitor import BaseMonitor
 
+# format 2's file sources keep their files where org.osbuild.files does: one
+# folder for the files input to hand to stages
+CACHE_FOLDERS = {"org.osbuild.curl": "org.osbuild.files", "org.osbuild.inline": "org.osbuild.files"}
+
 
 class SourceError(Exception):
     """A source could not be fetched"""
@@ -25,7 +29,7 @@ def fetch_all(sources: Dict[str, Any], infos: Dict[str, ModuleInfo], sources_dir
     env = host_module_env()
     for name, options in sorted(sources.items()):
         info = infos[name]
-        message = {"options": options, "cache": os.path.join(sources_dir, name)}
+        message = {"options": options, "cache": os.path.join(sources_dir, CACHE_FOLDERS.get(name, name))}
         proc = subprocess.run([host_python(), info.path], input=json.dumps(message), capture_output=True,
                               text=True, env=env, check=False)
         if proc.stderr:
