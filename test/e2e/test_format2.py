@@ -1,5 +1,6 @@
 """Manifest format 2 through this engine: ids and bytes as upstream's, builds, exports, checkpoints, errors"""
 
+import hashlib
 import io
 import json
 import os
@@ -174,3 +175,28 @@ def test_json_result_of_a_format_2_build(engine):
     assert proc.returncode == 1
     result = json.loads(proc.stdout)
     assert result["success"] is False and result["log"]["os"][0]["success"] is False
+
+
+def test_curl_source_and_files_input(engine, tmp_path):
+    payload = tmp_path / "payload.txt"
+    payload.write_bytes(b"fetched by org.osbuild.curl\n")
+    checksum = "sha256:" + hashlib.sha256(payload.read_bytes()).hexdigest()
+    stage = {"type": "org.osbuild.copy",
+             "inputs": {"files": {"type": "org.osbuild.files", "origin": "org.osbuild.source",
+                                  "references": [checksum]}},
+             "options": {"paths": [{"from": f"/run/osbuild/inputs/files/{checksum}", "to": "/etc/fetched"}]}}
+    manifest = {"version": "2", "pipelines": [{"name": "os", "stages": [stage]}],
+                "sources": {"org.osbuild.curl": {"items": {checksum: {"url": f"file://{payload}"}}}}}
+    proc = engine(manifest, "--export", "os")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    with open(os.path.join(engine.output, "os", "etc", "fetched"), "rb") as f:
+        assert f.read() == b"fetched by org.osbuild.curl\n"
+    wrong = "sha256:" + "0" * 64
+    manifest["sources"]["org.osbuild.curl"]["items"] = {wrong: f"file://{payload}"}
+    stage["inputs"]["files"]["references"] = [wrong]
+    stage["options"]["paths"][0]["from"] = f"/run/osbuild/inputs/files/{wrong}"
+    proc = engine(manifest, "--export", "os")
+    assert proc.returncode == 1 and "checksum mismatch" in proc.stderr
+    stage["inputs"]["files"]["references"] = ["sha256:" + "1" * 64]
+    proc = engine(manifest, "--export", "os")
+    assert proc.returncode == 2 and "is no item of the manifest's sources" in proc.stderr

@@ -9,8 +9,10 @@ import tarfile
 import pytest
 
 from test.conftest import REPO, load_module_script
+from test.debtree import make_debian_tree
 from test.difftrees import CHANGED, EPOCH, PARENTS, UNCHANGED, WHITEOUTS, make_base, make_second
 from test.ocitools import Archive, decompress
+from test.unit.test_oci_layers import add_awkward_files
 
 OPTIONS = {"filename": "image.tar", "architecture": "amd64"}
 
@@ -90,12 +92,22 @@ def test_base_alone_is_the_assemblers_archive(stage, oci_archive, trees, tmp_pat
     assert (tmp_path / "out" / "image.tar").read_bytes() == (tmp_path / "assembler" / "image.tar").read_bytes()
 
 
+def test_base_alone_on_the_awkward_tree_is_the_assemblers_archive(stage, oci_archive, tmp_path):
+    """Pax names and link names, sparse and big files, hard links, devices as root: the same bytes"""
+    tree = make_debian_tree(str(tmp_path / "awkward"))
+    add_awkward_files(tree)
+    build(stage, tmp_path, {"base": tree}, {"source-epoch": EPOCH}, layers={})
+    os.makedirs(tmp_path / "assembler")
+    assert oci_archive.main(str(tmp_path / "assembler"), {"tree": {"path": tree}},
+                            dict(OPTIONS, layers={}, **{"source-epoch": EPOCH})) == 0
+    assert (tmp_path / "out" / "image.tar").read_bytes() == (tmp_path / "assembler" / "image.tar").read_bytes()
+
+
 def test_same_trees_same_bytes(stage, trees, tmp_path):
     base, second = trees
-    build(stage, tmp_path / "a" if os.makedirs(tmp_path / "a") is None else None,
-          {"base": base, "layer.1": second}, {"source-epoch": EPOCH})
-    build(stage, tmp_path / "b" if os.makedirs(tmp_path / "b") is None else None,
-          {"base": base, "layer.1": second}, {"source-epoch": EPOCH})
+    for run in ("a", "b"):
+        os.makedirs(tmp_path / run)
+        build(stage, tmp_path / run, {"base": base, "layer.1": second}, {"source-epoch": EPOCH})
     assert (tmp_path / "a" / "out" / "image.tar").read_bytes() == (tmp_path / "b" / "out" / "image.tar").read_bytes()
 
 
