@@ -263,20 +263,11 @@ def run_v2(args: argparse.Namespace, description: Dict[str, Any], libdir: str,  
             json.dump({"type": "result", "success": True, "metadata": {}, "log": {}}, out)
             out.write("\n")
         return EXIT_OK
-    monitor: BaseMonitor = LogMonitor(sys.stderr if args.json else sys.stdout)
-    started = time.monotonic()
-    try:
-        store = open_store(args.store, monitor)
-        res = manifest.build(store, monitor, libdir, exports=args.export, output_directory=args.output_directory,
-                             cache_max_size=args.cache_max_size)
-        res["duration"] = round(time.monotonic() - started, 3)
-    except Interrupted as e:
-        if args.json:
-            json.dump({"success": False, "error": f"interrupted ({e.name})"}, out)
-            out.write("\n")
-        return report_interrupt(e)
-    except BUILD_ERRORS as e:
-        return failure(args, e, started, out)
+    res = run_build(args, out, lambda store, monitor: manifest.build(
+        store, monitor, libdir, exports=args.export, output_directory=args.output_directory,
+        cache_max_size=args.cache_max_size))
+    if isinstance(res, int):
+        return res
     report_v2(args, manifest, res, out)
     return EXIT_OK if res["success"] else EXIT_FAILED
 
@@ -314,12 +305,22 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
             out.write("\n")
         return EXIT_OK
 
+    res = run_build(args, out, lambda store, monitor: manifest.build(
+        store, monitor, libdir, args.output_directory, args.cache_max_size))
+    if isinstance(res, int):
+        return res
+    report(args, manifest, res, out)
+    return EXIT_OK if res["success"] else EXIT_FAILED
+
+
+def run_build(args: argparse.Namespace, out: TextIO,
+              build: Callable[[ObjectStore, BaseMonitor], Dict[str, Any]]) -> Union[Dict[str, Any], int]:
+    """Open the store and build; the result with its duration, or the exit status of a build
+    that could not go on (said in one line) or was interrupted"""
     monitor: BaseMonitor = LogMonitor(sys.stderr if args.json else sys.stdout)
     started = time.monotonic()
     try:
-        store = open_store(args.store, monitor)
-        res = manifest.build(store, monitor, libdir, args.output_directory, args.cache_max_size)
-        res["duration"] = round(time.monotonic() - started, 3)
+        res = build(open_store(args.store, monitor), monitor)
     except Interrupted as e:
         if args.json:
             json.dump({"success": False, "error": f"interrupted ({e.name})"}, out)
@@ -330,9 +331,8 @@ def osbuild_cli(argv: Optional[List[str]] = None) -> int:  # noqa: PLR0911  one 
         return EXIT_INTERRUPTED
     except BUILD_ERRORS as e:
         return failure(args, e, started, out)
-
-    report(args, manifest, res, out)
-    return EXIT_OK if res["success"] else EXIT_FAILED
+    res["duration"] = round(time.monotonic() - started, 3)
+    return res
 
 
 def open_store(path: str, monitor: BaseMonitor) -> ObjectStore:

@@ -166,7 +166,7 @@ class Context:
         self.socket_dir = socket_dir
 
 
-def _run_stage(stage: Stage, tree: str, buildroot: BuildRoot, ctx: Context) -> Dict[str, Any]:
+def run_stage(stage: Stage, tree: str, buildroot: BuildRoot, ctx: Context) -> Dict[str, Any]:
     ctx.monitor.stage(stage.name, stage.id)
     started = time.monotonic()
     result = stage.run(tree, buildroot, ctx.store_api, ctx.socket_dir, ctx.monitor,
@@ -176,25 +176,27 @@ def _run_stage(stage: Stage, tree: str, buildroot: BuildRoot, ctx: Context) -> D
     return result
 
 
-def _build_tree(pipeline: Pipeline, buildroot: BuildRoot, ctx: Context, results: List[Dict[str, Any]]) -> bool:
-    """Run the stages after the last one in the store; commit the tree
-    (and checkpoints). False when a stage failed."""
+def build_tree(stages: List[Stage], buildroot: BuildRoot, ctx: Context, results: List[Dict[str, Any]]) -> bool:
+    """Run the stages after the last one in the store; commit the tree (and
+    checkpoints), offering it to the last stage's module cache. False when a
+    stage failed."""
     store = ctx.store
     done = -1
-    for i in range(len(pipeline.stages) - 1, -1, -1):
-        if store.contains(pipeline.stages[i].id):
+    for i in range(len(stages) - 1, -1, -1):
+        if store.contains(stages[i].id):
             done = i
             break
     if done >= 0:
-        ctx.monitor.cached("stage", pipeline.stages[done].id)
-    tree = store.new_tree(ctx.workdir, pipeline.stages[done].id if done >= 0 else None)
-    for stage in pipeline.stages[done + 1:]:
-        stage_result = _run_stage(stage, tree, buildroot, ctx)
+        ctx.monitor.cached("stage", stages[done].id)
+    tree = store.new_tree(ctx.workdir, stages[done].id if done >= 0 else None)
+    for stage in stages[done + 1:]:
+        stage_result = run_stage(stage, tree, buildroot, ctx)
         results.append(stage_result)
         if not stage_result["success"]:
             return False
-        if stage is pipeline.stages[-1]:
-            store.commit(tree, stage.id, move=True)
+        if stage is stages[-1]:
+            stored = store.commit(tree, stage.id, move=True)
+            store.offer_output(stage.name, stage.id, stored)
         elif stage.checkpoint:
             store.commit(tree, stage.id)
     return True
@@ -218,22 +220,22 @@ def build_pipeline(pipeline: Pipeline, ctx: Context) -> Dict[str, Any]:
         if not build_result["success"]:
             result["success"] = False
             return result
-        build_tree = pipeline.build_pipeline.tree_id
-        resolved = store.resolve(build_tree) if build_tree else None
+        build_root_id = pipeline.build_pipeline.tree_id
+        resolved = store.resolve(build_root_id) if build_root_id else None
         if resolved is None:
             raise BuildError("the build pipeline has no stages: it gives no build root")
         root = resolved
     buildroot = BuildRoot(root, pipeline.runner, ctx.libdir)
 
     if pipeline.stages and (not store.contains(pipeline.tree_id) or missing_checkpoints):
-        if not _build_tree(pipeline, buildroot, ctx, result["stages"]):
+        if not build_tree(pipeline.stages, buildroot, ctx, result["stages"]):
             result["success"] = False
             return result
 
     if pipeline.assembler and not store.contains(pipeline.output_id):
         output = tempfile.mkdtemp(prefix="output-", dir=ctx.workdir)
         os.chmod(output, 0o755)
-        assembler_result = _run_stage(pipeline.assembler, output, buildroot, ctx)
+        assembler_result = run_stage(pipeline.assembler, output, buildroot, ctx)
         result["assembler"] = assembler_result
         if not assembler_result["success"]:
             result["success"] = False

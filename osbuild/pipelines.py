@@ -17,7 +17,7 @@ from .buildroot import BuildRoot
 from .meta import ModuleInfo
 from .monitor import BaseMonitor
 from .objectstore import ObjectStore, StoreServer
-from .pipeline import BuildError, Context, Stage, _run_stage, runtime_dir
+from .pipeline import BuildError, Context, Stage, build_tree, runtime_dir
 from .sources import fetch_all
 
 
@@ -139,23 +139,4 @@ def build_named(pipeline: NamedPipeline, ctx: Context, results: List[Dict[str, A
         if resolved is None:
             raise BuildError(f"pipeline {pipeline.name}: its build pipeline's tree is not in the store")
         root = resolved
-    buildroot = BuildRoot(root, pipeline.runner, ctx.libdir)
-    done = -1
-    for i in range(len(pipeline.stages) - 1, -1, -1):
-        if store.contains(pipeline.stages[i].id):
-            done = i
-            break
-    if done >= 0:
-        ctx.monitor.cached("stage", pipeline.stages[done].id)
-    tree = store.new_tree(ctx.workdir, pipeline.stages[done].id if done >= 0 else None)
-    for stage in pipeline.stages[done + 1:]:
-        stage_result = _run_stage(stage, tree, buildroot, ctx)
-        results.append(stage_result)
-        if not stage_result["success"]:
-            return False
-        if stage is pipeline.stages[-1]:
-            stored = store.commit(tree, stage.id, move=True)
-            store.offer_output(stage.name, stage.id, stored)
-        elif stage.checkpoint:
-            store.commit(tree, stage.id)
-    return True
+    return build_tree(pipeline.stages, BuildRoot(root, pipeline.runner, ctx.libdir), ctx, results)
