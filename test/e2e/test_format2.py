@@ -122,6 +122,8 @@ def test_build_pipeline_runner_source_epoch_and_checkpoints(engine):
      ".pipelines[1].build", "'name:later' names no earlier pipeline"),
     (lambda m: m["pipelines"][1].update(name="os"),
      ".pipelines[1].name", "'os' is also the name of pipelines[0]"),
+    (lambda m: m["pipelines"][2].update(name="../container"),
+     ".pipelines[2].name", "does not match"),
     (lambda m: m.update(sources={"org.osbuild.ostree": {"items": {}}}),
      ".sources.org.osbuild.ostree", "source 'org.osbuild.ostree' is not supported"),
     (lambda m: m["pipelines"][2]["stages"][0]["options"].pop("filename"),
