@@ -1,12 +1,16 @@
 """Manifest format 2 through this engine: ids and bytes as upstream's, builds, exports, checkpoints, errors"""
 
+import functools
 import hashlib
+import http.server
 import io
 import json
 import os
 import shutil
+import socketserver
 import sys
 import tarfile
+import threading
 
 import pytest
 
@@ -202,3 +206,53 @@ def test_curl_source_and_files_input(engine, tmp_path):
     stage["inputs"]["files"]["references"] = ["sha256:" + "1" * 64]
     proc = engine(manifest, "--export", "os")
     assert proc.returncode == 2 and "is no item of the manifest's sources" in proc.stderr
+
+
+def test_curl_source_over_http(engine, tmp_path):
+    """An http:// item from a server on this machine's loopback, stopped by the test"""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "file.txt").write_bytes(b"over http\n")
+    checksum = "sha256:" + hashlib.sha256(b"over http\n").hexdigest()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    with socketserver.TCPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/file.txt"
+            stage = {"type": "org.osbuild.copy",
+                     "inputs": {"f": {"type": "org.osbuild.files", "origin": "org.osbuild.source",
+                                      "references": {checksum: {}}}},
+                     "options": {"paths": [{"from": f"/run/osbuild/inputs/f/{checksum}", "to": "/got"}]}}
+            manifest = {"version": "2", "pipelines": [{"name": "os", "stages": [stage]}],
+                        "sources": {"org.osbuild.curl": {"items": {checksum: url}}}}
+            proc = engine(manifest, "--export", "os")
+        finally:
+            server.shutdown()
+            thread.join()
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    with open(os.path.join(engine.output, "os", "got"), "rb") as f:
+        assert f.read() == b"over http\n"
+
+
+def test_build_pipeline_ids_are_upstreams(engine, tmp_path):
+    manifest = {"version": "2", "pipelines": [
+        {"name": "build", "runner": "org.osbuild.debian12", "stages": [shell2("true")]},
+        {"name": "os", "build": "name:build", "source-epoch": 7, "stages": [shell2("echo a > a")]},
+        {"name": "container", "build": "name:build", "stages": [{
+            "type": "org.osbuild.oci-archive", "options": {"architecture": "arm64", "filename": "x.tar"},
+            "inputs": {"base": {"type": "org.osbuild.tree", "origin": "org.osbuild.pipeline",
+                                "references": {"name:os": {}}}}}]}]}
+    ours = json.loads(engine(manifest, "--inspect", output=False).stdout)
+    lib = upstream(tmp_path, "today")
+    shutil.copy2(os.path.join(REPO, "stages", "org.osbuild.oci-archive.meta.json"), os.path.join(lib, "stages"))
+    shutil.copy2(os.path.join(REPO, "stages", "org.osbuild.oci-archive"), os.path.join(lib, "stages"))
+    if not os.path.exists(os.path.join(lib, "runners", "org.osbuild.debian12")):
+        shutil.copy2(os.path.join(lib, "runners", "org.osbuild.linux"), os.path.join(lib, "runners",
+                                                                                     "org.osbuild.debian12"))
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+    theirs = json.loads(run([sys.executable, "-m", "osbuild", "--libdir", lib, "--inspect", str(path)],
+                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=lib)))
+    assert stage_ids(ours) == stage_ids(theirs)
+    assert [p.get("build") for p in ours["pipelines"]] == [p.get("build") for p in theirs["pipelines"]]
