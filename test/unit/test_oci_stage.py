@@ -115,6 +115,8 @@ def test_unknown_inputs_are_refused(stage, trees, tmp_path):
     base, second = trees
     with pytest.raises(ValueError, match="inputs layer.x: only base and layer.N"):
         build(stage, tmp_path, {"base": base, "layer.x": second})
+    with pytest.raises(ValueError, match="inputs: no base"):
+        build(stage, tmp_path, {})
 
 
 def test_meta_json_is_made_from_the_assemblers_schema():
