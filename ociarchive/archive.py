@@ -3,10 +3,10 @@
 import os
 import tarfile
 import threading
-from typing import Dict, Optional, Tuple
+from typing import Tuple
 
 from .layout import blob_path
-from .tarstream import padding
+from .tarstream import padding, tar_member
 from .util import CHUNK, Digest, hash_fd, write_all
 
 # the first 1536 bytes of the archive are kept free while the layer streams
@@ -15,20 +15,6 @@ from .util import CHUNK, Digest, hash_fd, write_all
 RESERVED = 3 * tarfile.BLOCKSIZE
 # the blob written is flushed to disk in the background every SYNC_EVERY bytes
 SYNC_EVERY = 64 * 1024 * 1024
-
-
-def tar_member(name: str, size: int, mtime: int, directory: bool = False,
-               pax: Optional[Dict[str, str]] = None) -> bytes:
-    """A tar header (pax where needed, or with the `pax` records) for a member owned by 0:0"""
-    info = tarfile.TarInfo(name)
-    info.size = 0 if directory else size
-    info.mtime = mtime
-    info.mode = 0o755 if directory else 0o644
-    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.pax_headers = dict(pax or {})
-    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
 
 
 def layer_prefix(blob_name: str, size: int, mtime: int) -> bytes:

@@ -7,7 +7,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .archive import BlobWriter, tar_member
+from .archive import BlobWriter
 from .cache import CACHE_ID, PieceCache
 from .compress import Compressor, compressor, stream_layer
 from .diff import TreeDiff, diff_tar_argv, whiteout_headers
@@ -30,7 +30,7 @@ from .options import DEFAULT_COMPRESSION, check_options, safe_filename, sbom_fil
 from .plan import HISTORY_PREFIX, Layer, LayerPlan, plan_layers
 from .sbom import document as spdx_document
 from .split import SplitLayers
-from .tarstream import layer_tar_argv, padding
+from .tarstream import layer_tar_argv, padding, tar_member
 from .util import human, write_all
 
 

@@ -16,10 +16,9 @@ the stream, made here.
 
 import os
 import stat
-import tarfile
 from typing import Dict, List, Optional, Set, Tuple
 
-from .tarstream import LAYER_XATTRS, layer_tar_argv
+from .tarstream import LAYER_XATTRS, layer_tar_argv, tar_member
 
 WHITEOUT = b".wh."
 READ = 1024 * 1024
@@ -149,17 +148,7 @@ class TreeDiff:
 
 def whiteout_headers(paths: List[bytes], mtime: int) -> bytes:
     """Tar entries (no end-of-archive) for whiteouts: empty files owned by 0:0, mode 0644"""
-    out = []
-    for path in paths:
-        info = tarfile.TarInfo(os.fsdecode(b"./" + path))
-        info.size = 0
-        info.mtime = mtime
-        info.mode = 0o644
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.type = tarfile.REGTYPE
-        out.append(info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"))
-    return b"".join(out)
+    return b"".join(tar_member(os.fsdecode(b"./" + path), 0, mtime, errors="surrogateescape") for path in paths)
 
 
 def diff_tar_argv(new: str, listing: str, source_epoch: Optional[int]) -> List[str]:

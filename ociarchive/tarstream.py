@@ -3,7 +3,7 @@
 import collections
 import os
 import tarfile
-from typing import Any, Deque, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .util import CHUNK
 
@@ -91,6 +91,21 @@ def layer_tar_argv(tree: str, source_epoch: Optional[int]) -> List[str]:
     # "." keeps the metadata of the root directory and makes an empty tree a
     # valid archive holding just "./"
     return [*argv, "."]
+
+
+def tar_member(name: str, size: int, mtime: int, directory: bool = False,
+               pax: Optional[Dict[str, str]] = None, *, errors: str = "strict") -> bytes:
+    """A tar header (pax where needed, or with the `pax` records) for a member owned by 0:0, mode
+    0644 (0755 for a directory); `errors` for names that are not UTF-8"""
+    info = tarfile.TarInfo(name)
+    info.size = 0 if directory else size
+    info.mtime = mtime
+    info.mode = 0o755 if directory else 0o644
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.pax_headers = dict(pax or {})
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors=errors)
 
 
 def padding(size: int) -> bytes:

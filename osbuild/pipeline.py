@@ -255,6 +255,31 @@ def runtime_dir() -> Iterator[str]:
         yield work.path
 
 
+@contextlib.contextmanager
+def build_session(store: ObjectStore, monitor: BaseMonitor, libdir: str, sources: Dict[str, Any],
+                  source_infos: Dict[str, ModuleInfo]) -> Iterator[Context]:
+    """What a build works in: the sources fetched, a session of the store, a socket
+    folder, the store's API for input modules"""
+    if sources:
+        fetch_all(sources, source_infos, store.sources, monitor)
+    # sockets live in a short private directory: a Unix socket path has
+    # at most 107 bytes, the store may be anywhere
+    with store.session() as workdir, runtime_dir() as socket_dir:
+        with StoreServer(store, workdir, socket_dir) as server:
+            yield Context(store=store, monitor=monitor, libdir=libdir, workdir=workdir, store_api=server.path,
+                          socket_dir=socket_dir)
+
+
+def trim_store(store: ObjectStore, monitor: BaseMonitor, cache_max_size: Optional[int]) -> None:
+    """--cache-max-size: the least recently used objects go until the store fits"""
+    if cache_max_size is None:
+        return
+    removed, size = store.trim(cache_max_size)
+    if removed:
+        monitor.log(f"store: removed {len(removed)} least recently used objects and cache entries, "
+                    f"{size / 2**20:.1f} MiB kept (--cache-max-size)")
+
+
 class Manifest:
     """A pipeline (with its build pipelines) and its sources"""
 
@@ -286,20 +311,9 @@ class Manifest:
     def build(self, store: ObjectStore, monitor: BaseMonitor, libdir: str,
               output_directory: Optional[str] = None, cache_max_size: Optional[int] = None) -> Dict[str, Any]:
         """Build the manifest into `store`; export the output if asked"""
-        if self.sources:
-            fetch_all(self.sources, self.source_infos, store.sources, monitor)
-        # sockets live in a short private directory: a Unix socket path has
-        # at most 107 bytes, the store may be anywhere
-        with store.session() as workdir, runtime_dir() as socket_dir:
-            with StoreServer(store, workdir, socket_dir) as server:
-                ctx = Context(store=store, monitor=monitor, libdir=libdir, workdir=workdir, store_api=server.path,
-                              socket_dir=socket_dir)
-                result = build_pipeline(self.pipeline, ctx)
+        with build_session(store, monitor, libdir, self.sources, self.source_infos) as ctx:
+            result = build_pipeline(self.pipeline, ctx)
             if result["success"] and output_directory and self.pipeline.output_id:
                 store.export(self.pipeline.output_id, output_directory)
-            if cache_max_size is not None:
-                removed, size = store.trim(cache_max_size)
-                if removed:
-                    monitor.log(f"store: removed {len(removed)} least recently used objects and cache entries, "
-                                f"{size / 2**20:.1f} MiB kept (--cache-max-size)")
+            trim_store(store, monitor, cache_max_size)
         return result

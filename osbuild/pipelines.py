@@ -16,9 +16,8 @@ from typing import Any, Dict, List, Optional, Set
 from .buildroot import BuildRoot
 from .meta import ModuleInfo
 from .monitor import BaseMonitor
-from .objectstore import ObjectStore, StoreServer
-from .pipeline import BuildError, Context, Stage, build_tree, runtime_dir
-from .sources import fetch_all
+from .objectstore import ObjectStore
+from .pipeline import BuildError, Context, Stage, build_session, build_tree, trim_store
 
 
 class NamedPipeline:
@@ -102,30 +101,21 @@ class ManifestV2:
               output_directory: Optional[str], cache_max_size: Optional[int] = None) -> Dict[str, Any]:
         """Build what the exports need into `store`, then export them to OUTDIR/NAME/"""
         result: Dict[str, Any] = {"success": True, "pipelines": {}}
-        if self.sources:
-            fetch_all(self.sources, self.source_infos, store.sources, monitor)
-        with store.session() as workdir, runtime_dir() as socket_dir:
-            with StoreServer(store, workdir, socket_dir) as server:
-                ctx = Context(store=store, monitor=monitor, libdir=libdir, workdir=workdir, store_api=server.path,
-                              socket_dir=socket_dir)
-                for pipeline in self.depsolve(store, exports):
-                    monitor.log(f"pipeline {pipeline.name}: {pipeline.id}")
-                    stages: List[Dict[str, Any]] = []
-                    result["pipelines"][pipeline.name] = stages
-                    if not build_named(pipeline, ctx, stages):
-                        result["success"] = False
-                        break
+        with build_session(store, monitor, libdir, self.sources, self.source_infos) as ctx:
+            for pipeline in self.depsolve(store, exports):
+                monitor.log(f"pipeline {pipeline.name}: {pipeline.id}")
+                stages: List[Dict[str, Any]] = []
+                result["pipelines"][pipeline.name] = stages
+                if not build_named(pipeline, ctx, stages):
+                    result["success"] = False
+                    break
             if result["success"] and output_directory:
                 for name in exports:
                     pipeline = self.pipelines[name]
                     if pipeline.id is None:
                         raise BuildError(f"pipeline {name} has no stages: it has nothing to export")
                     store.export(pipeline.id, os.path.join(output_directory, name))
-            if cache_max_size is not None:
-                removed, size = store.trim(cache_max_size)
-                if removed:
-                    monitor.log(f"store: removed {len(removed)} least recently used objects and cache entries, "
-                                f"{size / 2**20:.1f} MiB kept (--cache-max-size)")
+            trim_store(store, monitor, cache_max_size)
         return result
 
 

@@ -63,16 +63,18 @@ def rpm_tree(tmp_path):
     return tree
 
 
+def assemble(tree, out, **options):
+    """The assembler's archive of `tree` in the new folder `out`, with `options`; its path"""
+    module = load_module_script(os.path.join(REPO, "assemblers", "org.osbuild.oci-archive"))
+    os.makedirs(out)
+    options = {"filename": "image.tar", "architecture": "amd64", "source-epoch": 1700000000, **options}
+    assert module.main(str(out), {"tree": {"path": str(tree)}}, options) == 0
+    return os.path.join(out, "image.tar")
+
+
 def test_rpm_tree_layers_by_source_rpm(tmp_path):
     require_tools("rpm", "rpmbuild")
-    tree = rpm_tree(tmp_path)
-
-    module = load_module_script(os.path.join(REPO, "assemblers", "org.osbuild.oci-archive"))
-    out = tmp_path / "out"
-    out.mkdir()
-    options = {"filename": "image.tar", "architecture": "amd64", "source-epoch": 1700000000, "layers": {}}
-    assert module.main(str(out), {"tree": {"path": str(tree)}}, options) == 0
-    archive = Archive(str(out / "image.tar"))
+    archive = Archive(assemble(rpm_tree(tmp_path), tmp_path / "out", layers={}))
     history = [h["created_by"] for h in archive.config["history"]]
     assert history == ["osbuild oci-archive: packages hello",
                        "osbuild oci-archive: unpackaged files, package databases and all directories"]
@@ -91,14 +93,11 @@ def arch_of(package):
 def test_rpm_tree_sbom_lists_what_rpm_lists(tmp_path):
     require_tools("rpm", "rpmbuild")
     tree = rpm_tree(tmp_path)
-    module = load_module_script(os.path.join(REPO, "assemblers", "org.osbuild.oci-archive"))
-    out = tmp_path / "sbom"
-    out.mkdir()
-    options = {"filename": "image.tar", "architecture": "amd64", "source-epoch": 1700000000, "sbom": True}
-    assert module.main(str(out), {"tree": {"path": str(tree)}}, options) == 0
-    document = parse_file(str(out / "image.tar.spdx.json"))
+    out = os.path.dirname(assemble(tree, tmp_path / "sbom", sbom=True))
+    document = parse_file(os.path.join(out, "image.tar.spdx.json"))
     assert not validate_full_spdx_document(document)
-    doc = json.loads((out / "image.tar.spdx.json").read_text(encoding="utf-8"))
+    with open(os.path.join(out, "image.tar.spdx.json"), encoding="utf-8") as f:
+        doc = json.load(f)
     listed = subprocess.run(["rpm", "--root", str(tree), "--dbpath", "/usr/lib/sysimage/rpm", "-qa", "--qf",
                              "%{NAME} %{VERSION}-%{RELEASE} %{ARCH} %{LICENSE}\\n"], capture_output=True, text=True,
                             check=True).stdout.split("\n")
