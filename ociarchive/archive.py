@@ -1,13 +1,15 @@
 """The outer archive: the tar of the OCI layout, blobs streamed in behind reserved headers"""
 
+import fcntl
 import os
 import tarfile
 import threading
-from typing import Tuple
+import time
+from typing import Any, List, Optional, Tuple
 
 from .layout import blob_path
 from .tarstream import padding, tar_member
-from .util import CHUNK, Digest, hash_fd, write_all
+from .util import CHUNK, PHASES, Digest, hash_fd, write_all
 
 # the first 1536 bytes of the archive are kept free while the layer streams
 # in behind them; they later hold the layer's tar header (one ustar block,
@@ -44,6 +46,63 @@ def blob_prefix(blob_name: str, size: int, mtime: int, first: bool) -> bytes:
     return header
 
 
+class Trail:
+    """The sha256 of a blob made of pieces, put off while they are those of a recorded blob
+
+    Pieces that continue a recorded blob (a cache.Chain) in order are not
+    hashed as they pass: when the blob ends with that blob's last piece,
+    it is that blob and its digest is known. At the first piece that does
+    not follow, the pieces before are hashed from where they were written,
+    and from then on each piece as it comes.
+    """
+
+    def __init__(self, deferred: bool = True) -> None:
+        self.digest = Digest()
+        self.size = 0
+        self._chain: Any = None  # the recorded blob followed so far
+        self._next = 0
+        self._eager = not deferred
+        self._unhashed: List[Tuple[int, int, int]] = []  # (fd, offset, size) written, not hashed yet
+
+    def add(self, source: Tuple[int, int], size: int, written: Tuple[int, int],
+            chain: Optional[Tuple[Any, int]] = None) -> None:
+        """The blob's next `size` bytes: at `source` (fd, offset), and copied
+        to `written` (fd, offset; it stays open until the blob ends); `chain`
+        (Chain, at) when they are that piece of it"""
+        self.size += size
+        if not self._eager and chain is not None and chain[1] == self._next \
+                and (self._chain is None or chain[0] is self._chain):
+            self._chain = chain[0]
+            self._next += 1
+            self._unhashed.append((*written, size))
+            return
+        self.catch_up()
+        hash_fd(self.digest, source[0], size, source[1])
+
+    def update(self, data: Any) -> None:
+        """The blob's next bytes, hashed now"""
+        self.catch_up()
+        self.digest.update(data)
+        self.size += len(data)
+
+    def catch_up(self) -> None:
+        """Hash what was put off: from now on every piece is hashed as it comes"""
+        if self._eager:
+            return
+        self._eager = True
+        for fd, offset, size in self._unhashed:
+            hash_fd(self.digest, fd, size, offset)
+        self._unhashed = []
+
+    def result(self) -> Tuple[str, int]:
+        """(digest, size) of the blob"""
+        chain = self._chain
+        if not self._eager and chain is not None and self._next == len(chain.pieces) and self.size == chain.size:
+            return chain.digest, chain.size
+        self.catch_up()
+        return self.digest.digest, self.digest.size
+
+
 class BlobWriter:
     """Writes the layer blob into the archive, hashing it
 
@@ -53,7 +112,9 @@ class BlobWriter:
 
     def __init__(self, fd: int):
         self.fd = fd
-        self.digest = Digest()
+        # a put-off digest reads the blob back: only where the archive is open for reading too
+        self.readable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+        self.trail = Trail(self.readable)
         self.count = 0
         self._start = 0
         self._unsynced = 0
@@ -66,28 +127,31 @@ class BlobWriter:
         """Start a blob at the current offset, leaving room for its header"""
         self._start = os.lseek(self.fd, 0, os.SEEK_CUR)
         os.lseek(self.fd, RESERVED, os.SEEK_CUR)
-        self.digest = Digest()
+        self.trail = Trail(self.readable)
 
-    def end(self, mtime: int) -> Tuple[str, int]:
-        """Finish the blob begun last: pad it, write its header; (digest, size)"""
-        blob_digest, size = self.digest.digest, self.digest.size
+    def end(self, mtime: int, trail: Optional[Trail] = None) -> Tuple[str, int]:
+        """Finish the blob begun last (whose digest `trail` has, if not this
+        writer's): pad it, write its header; (digest, size)"""
+        blob_digest, size = (trail or self.trail).result()
         write_all(self.fd, padding(size))
         os.pwrite(self.fd, blob_prefix(blob_path(blob_digest), size, mtime, first=self.count == 0), self._start)
         self.count += 1
         return blob_digest, size
 
     def write(self, data: bytes) -> None:
+        started = time.perf_counter()
         write_all(self.fd, data)
-        self.digest.update(data)
+        PHASES.add("writing", time.perf_counter() - started)
+        self.trail.update(data)
         self._account(len(data))
 
-    def write_fd(self, fd: int, size: int, start: int = 0, hashed: bool = False) -> int:
+    def write_fd(self, fd: int, size: int, start: int = 0, *, hashed: bool = False,
+                 chain: Optional[Tuple[Any, int]] = None) -> int:
         """Append `size` bytes of file `fd` from offset `start`, copied by
-        the kernel (`hashed`: already in the digest); returns where in the
-        archive they went"""
+        the kernel (`hashed`: another trail has them; `chain`: they are that
+        piece of a recorded blob); returns where in the archive they went"""
+        started = time.perf_counter()
         where = os.lseek(self.fd, 0, os.SEEK_CUR)
-        if not hashed:
-            hash_fd(self.digest, fd, size, start)
         offset, end = start, start + size
         while offset < end:
             try:
@@ -97,6 +161,9 @@ class BlobWriter:
             if sent == 0:
                 raise RuntimeError("write layer: short write")
             offset += sent
+        PHASES.add("writing", time.perf_counter() - started)
+        if not hashed:
+            self.trail.add((fd, start), size, (self.fd, where), chain)
         self._account(size)
         return where
 

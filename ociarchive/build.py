@@ -31,7 +31,7 @@ from .plan import HISTORY_PREFIX, Layer, LayerPlan, plan_layers
 from .sbom import document as spdx_document
 from .split import SplitLayers
 from .tarstream import layer_tar_argv, padding, tar_member
-from .util import human, write_all
+from .util import PHASES, human, write_all
 
 
 def write_layer(blob: BlobWriter, argv: List[str], comp: Optional[Compressor], mtime: int, *,
@@ -136,7 +136,7 @@ def write_archive(tree: str, path: str, options: Dict[str, Any], created: int, *
 
     argv = layer_tar_argv(tree, options.get("source-epoch"))
 
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)  # read: see archive.Trail
     blob = BlobWriter(fd)
     try:
         history, layers = write_base_layers(blob, argv, tree, options, comp=comp, mtime=mtime, log=log, cache=cache,
@@ -178,7 +178,12 @@ def write_archive(tree: str, path: str, options: Dict[str, Any], created: int, *
         for name, data in members:
             write_all(fd, tar_member(name, len(data), mtime) + data + padding(len(data)))
         write_all(fd, b"\0" * (2 * tarfile.BLOCKSIZE))  # end of archive
+        started = time.monotonic()
         os.fsync(fd)
+        PHASES.add("writing", time.monotonic() - started)
+        if cache:
+            written = os.fstat(fd)
+            cache.stamp = (written.st_size, written.st_mtime_ns)
     finally:
         blob.close()
         os.close(fd)
@@ -202,7 +207,9 @@ def assemble(tree: str, output_dir: str, options: Dict[str, Any], *, cache: Opti
     left on failure. `cache` is a folder of the piece cache, `output_id` the
     name under which the engine keeps the output there. Returns the result:
     file name, manifest and config digests, each layer's digest, size,
-    diff_id and uncompressed size, the compressed size of all and the seconds taken"""
+    diff_id and uncompressed size, the compressed size of all, the seconds
+    taken and where they went (`profile`: seconds per phase, summed over
+    the threads working in it, so they may add up to more)"""
     filename = safe_filename(options["filename"])
     epoch = options.get("source-epoch")
     created = int(time.time()) if epoch is None else epoch
@@ -213,6 +220,7 @@ def assemble(tree: str, output_dir: str, options: Dict[str, Any], *, cache: Opti
     sbom_target = os.path.join(output_dir, sbom_filename(filename))
     started = time.monotonic()
     placed = []
+    PHASES.reset()
     try:
         output = (output_id, filename) if output_id and CACHE_ID.fullmatch(output_id) else None
         info = write_archive(tree, temp, options, created, cache_dir=cache, output=output, diffs=diffs, log=log)
@@ -248,6 +256,7 @@ def assemble(tree: str, output_dir: str, options: Dict[str, Any], *, cache: Opti
         **({"sbom": {"filename": sbom_filename(filename), "digest": sha256_digest(info["sbom"])}}
            if info["sbom"] is not None else {}),
         "seconds": round(elapsed, 3),
+        "profile": PHASES.report(),
     }
 
 

@@ -10,7 +10,7 @@ from typing import BinaryIO, List, Optional, Tuple
 
 from .archive import BlobWriter
 from .options import check_level
-from .util import CHUNK, PROGRESS_INTERVAL, Digest, bigger_pipe, check_exit, human, write_all
+from .util import CHUNK, PHASES, PROGRESS_INTERVAL, Digest, bigger_pipe, check_exit, human, write_all
 
 # the test for incompressible pieces (see `incompressible`)
 SAMPLE_SIZE = 16 * 1024
@@ -77,7 +77,9 @@ def incompressible(data) -> bool:
 class Pump:
     """Copy a pipe into a sink, optionally hashing what passes, in a thread"""
 
-    def __init__(self, source: BinaryIO, sink, digest: Optional[Digest], name: str, at_end=None):
+    def __init__(self, source: BinaryIO, sink, digest: Optional[Digest], name: str, at_end=None, *,
+                 phase: str = "tar read"):
+        self.phase = phase  # what the time waiting for the source counts as
         self.source = source
         self.sink = sink
         self.digest = digest
@@ -93,7 +95,9 @@ class Pump:
         fd = self.source.fileno()
         try:
             while True:
+                started = time.perf_counter()
                 chunk = os.read(fd, CHUNK)
+                PHASES.add(self.phase, time.perf_counter() - started)
                 if not chunk:
                     break
                 if self.digest:
@@ -116,10 +120,10 @@ def stream_layer(  # pylint: disable=too-many-branches  # one place sets up and 
     (or none) into the blob begun last.
 
     Returns (diff_id, uncompressed size); the blob's digest and size are in
-    `blob.digest`.
+    `blob.trail`.
     """
     procs: List[subprocess.Popen] = []
-    diff = Digest() if comp else blob.digest
+    diff = Digest() if comp else blob.trail.digest
     try:
         # both processes are reaped in the finally clause below
         tar = subprocess.Popen(argv, stdout=subprocess.PIPE)  # pylint: disable=consider-using-with
@@ -138,7 +142,7 @@ def stream_layer(  # pylint: disable=too-many-branches  # one place sets up and 
             # the end of the tar stream closes the compressor's input at once: it finishes
             pumps.append(Pump(tar.stdout, lambda data: write_all(comp_in, data), diff, "layer-tar",
                               at_end=proc.stdin.close).start())
-            pumps.append(Pump(proc.stdout, blob.write, None, "layer-blob").start())
+            pumps.append(Pump(proc.stdout, blob.write, None, "layer-blob", phase="compressing").start())
 
         started = last = time.monotonic()
         while any(p.thread.is_alive() for p in pumps):
@@ -148,7 +152,7 @@ def stream_layer(  # pylint: disable=too-many-branches  # one place sets up and 
             now = time.monotonic()
             if now - last >= PROGRESS_INTERVAL:
                 last = now
-                log(f"oci-archive: layer {human(diff.size)} read, {human(blob.digest.size)} written, "
+                log(f"oci-archive: layer {human(diff.size)} read, {human(blob.trail.size)} written, "
                     f"{human(diff.size / (now - started))}/s", flush=True)
         for pump in pumps:
             pump.join()

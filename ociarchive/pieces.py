@@ -9,12 +9,24 @@ import subprocess
 import threading
 import time
 import zlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from .archive import BlobWriter
-from .cache import PieceCache
+from .archive import BlobWriter, Trail
+from .cache import NO_KEY, Chain, PieceCache, RecordedPiece
 from .compress import incompressible
-from .util import PROGRESS_INTERVAL, Digest, anonymous_file, hash_fd, human, unnamed_file, write_all
+from .util import PHASES, PROGRESS_INTERVAL, Digest, anonymous_file, human, unnamed_file, write_all
+
+
+class Packed(NamedTuple):
+    """A compressed piece, ready to be written"""
+    fd: int
+    offset: int
+    size: int
+    key: str  # for the cache index: the sha256 of the uncompressed piece, or NO_KEY
+    crc: int  # CRC32 of the compressed bytes (0 without a cache)
+    made: bool  # in a file of the pool (else opened from the cache: closed after use)
+    prefix: str  # the sha256 of the layer's stream up to the piece's end ("" without a cache)
+    chain: Optional[Tuple[Chain, int]]  # the piece of a recorded blob it is (cache.Chain, index)
 
 
 class FilePool:
@@ -58,29 +70,31 @@ class Spill:
         self.directory = directory
         self.fd = -1
         self.size = 0
-        self._pieces: Dict[int, List[Tuple[int, int, str, int]]] = {}
-        self._digests: Dict[int, Digest] = {}  # of each layer's blob so far: hashed as its pieces come
+        self._pieces: Dict[int, List[Tuple[int, Packed]]] = {}
+        self._trails: Dict[int, Trail] = {}  # the digest of each layer's blob so far
 
-    def add(self, index: int, piece: Tuple[int, int, int, str, int, bool]) -> int:
+    def add(self, index: int, piece: Packed) -> int:
         """Keep a copy of a compressed piece of layer `index`; its size"""
-        fd, offset, size, key, crc, _ = piece
         if self.fd < 0:
             self.fd = unnamed_file(self.directory)
-        hash_fd(self._digests.setdefault(index, Digest()), fd, size, offset)
+        started = time.perf_counter()
         done = 0
-        while done < size:
-            sent = os.sendfile(self.fd, fd, offset + done, size - done)
+        while done < piece.size:
+            sent = os.sendfile(self.fd, piece.fd, piece.offset + done, piece.size - done)
             if sent == 0:
                 raise RuntimeError("create layer: short write of a piece")
             done += sent
-        self._pieces.setdefault(index, []).append((self.size, size, key, crc))
-        self.size += size
-        return size
+        PHASES.add("writing", time.perf_counter() - started)
+        self._trails.setdefault(index, Trail()).add((piece.fd, piece.offset), piece.size, (self.fd, self.size),
+                                                    piece.chain)
+        self._pieces.setdefault(index, []).append((self.size, piece))
+        self.size += piece.size
+        return piece.size
 
-    def pieces(self, index: int) -> Tuple[List[Tuple[int, int, str, int]], Digest]:
-        """The pieces of layer `index` in order, (offset, size, cache key, crc)
-        each, and the digest of them all"""
-        return self._pieces.pop(index, []), self._digests.pop(index, Digest())
+    def pieces(self, index: int) -> Tuple[List[Tuple[int, Packed]], Trail]:
+        """The pieces of layer `index` in order, each with where it lies in
+        the spill file, and the digest of them all"""
+        return self._pieces.pop(index, []), self._trails.pop(index, Trail())
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -116,11 +130,28 @@ class ChunkedLayers:
         self._raw = FilePool("layer-piece", self.workers + 2)
         self._packed = FilePool("layer-piece-gz", self.workers + 2)
 
-    def _compress(self, piece: int, size: int) -> Tuple[int, int, int, str, int, bool]:
-        """The compressed piece as (fd, offset, size, key, crc, made): from
-        the cache, or made in a file of the pool (key "" when it is not for
-        the cache)"""
+    def _file(self, raw: Any) -> int:
+        """The piece in a file: its buffers written into one of the pool (or already one)"""
+        if isinstance(raw, int):
+            return raw
+        fd = self._raw.take()
+        started = time.perf_counter()
+        size = 0
+        for data in raw:
+            write_all(fd, data)
+            size += len(data)
+        os.ftruncate(fd, size)  # a file of the pool may be longer
+        PHASES.add("writing", time.perf_counter() - started)
+        return fd
+
+    def _as_is(self, raw: Any, size: int) -> Packed:
+        """The piece uncompressed (compression none)"""
+        return Packed(self._file(raw), 0, size, NO_KEY, 0, True, "", None)
+
+    def _compress(self, raw: Any, size: int, prefix: str = "") -> Packed:
+        """The compressed piece: from the cache, or made in a file of the pool"""
         out = -1
+        piece = self._file(raw)
         try:
             with mmap.mmap(piece, size, prot=mmap.PROT_READ) as view:
                 if self.stored and incompressible(view):
@@ -130,29 +161,50 @@ class ChunkedLayers:
                     out = self._packed.take()
                     stored = zlib.compressobj(0, zlib.DEFLATED, 31)
                     write_all(out, stored.compress(view) + stored.flush())
-                    return out, 0, os.lseek(out, 0, os.SEEK_CUR), "", 0, True
-                key = hashlib.sha256(view).hexdigest() if self.cache else ""
+                    return self._made(out, NO_KEY, prefix)
+                key = NO_KEY
                 if self.cache:
+                    started = time.perf_counter()
+                    key = hashlib.sha256(view).hexdigest()
+                    PHASES.add("hashing", time.perf_counter() - started)
                     hit = self.cache.get(key)
                     if hit:
-                        return (*hit[:3], key, hit[3], False)
+                        return Packed(*hit[:3], key, hit[3], False, prefix, None)
                 out = self._packed.take()
                 os.lseek(piece, 0, os.SEEK_SET)
+                started = time.perf_counter()
                 proc = subprocess.run(self.comp_argv, stdin=piece, stdout=out, check=False)
+                PHASES.add("compressing", time.perf_counter() - started)
                 if proc.returncode != 0:
                     raise RuntimeError(f"create layer: {self.comp_argv[0]} exited with status {proc.returncode}")
-            compressed = os.lseek(out, 0, os.SEEK_CUR)
-            crc = 0
-            if self.cache and compressed:
-                with mmap.mmap(out, compressed, prot=mmap.PROT_READ) as made:
-                    crc = zlib.crc32(made)
-            return out, 0, compressed, key, crc, True
+            return self._made(out, key, prefix)
         except BaseException:
             if out >= 0:
                 os.close(out)
             raise
         finally:
             self._raw.give(piece)
+
+    def _made(self, out: int, key: str, prefix: str) -> Packed:
+        """A piece compressed here into `out` (its CRC for the cache index)"""
+        compressed = os.lseek(out, 0, os.SEEK_CUR)
+        crc = 0
+        if self.cache and compressed:
+            with mmap.mmap(out, compressed, prot=mmap.PROT_READ) as made:
+                crc = zlib.crc32(made)
+        return Packed(out, 0, compressed, key, crc, True, prefix, None)
+
+    def _replay(self, raw: Any, size: int, prefix: str, chain: Tuple[Chain, int]) -> Packed:
+        """Piece `chain[1]` of a recorded blob, which the piece is (their
+        streams have the same digest up to its end): taken as it is, or, if
+        that archive changed, compressed again"""
+        assert self.cache is not None
+        hit = self.cache.replay(*chain)
+        if hit is None:
+            return self._compress(raw, size, prefix)
+        if isinstance(raw, int):
+            self._raw.give(raw)
+        return Packed(*hit[:3], chain[0].pieces[chain[1]].key, hit[3], False, prefix, chain)
 
     def _put(self, item: Tuple[str, Any]) -> bool:
         while not self._stop.is_set():
@@ -169,7 +221,7 @@ class ChunkedLayers:
         kind, value = item
         if kind == "piece":
             try:
-                os.close(value[1].result()[0])
+                os.close(value[1].result().fd)
             except BaseException:  # pylint: disable=broad-except  # its error is already reported or moot
                 pass
 
@@ -177,45 +229,54 @@ class ChunkedLayers:
              entries: int) -> Optional[Dict[str, Any]]:
         """Finish the blob of layer `index` (`entries` tar entries): the open
         one, or one whose pieces all wait in the spill file (None if it is empty)"""
+        trail = None
         if index != direct:
             if direct is not None:
                 raise RuntimeError(f"create layer: layer {index + 1} ended inside another")
             if not diff.size:
                 return None
             self.blob.begin()
-            pieces, self.blob.digest = spill.pieces(index)
-            for where, size, key, crc in pieces:
-                at = self.blob.write_fd(spill.fd, size, where, hashed=True)
-                if key and self.cache:
-                    self.cache.record(key, at, size, crc)
-        blob_digest, size = self.blob.end(mtime)
+            pieces, trail = spill.pieces(index)
+            for where, piece in pieces:
+                at = self.blob.write_fd(spill.fd, piece.size, where, hashed=True)
+                self._record(piece, at)
+        blob_digest, size = self.blob.end(mtime, trail)
+        if self.cache:
+            self.cache.end_blob(blob_digest, size)
         return {"diff_id": diff.digest, "raw_size": diff.size, "digest": blob_digest, "size": size,
                 "entries": entries}
 
-    def _spill_piece(self, spill: "Spill", index: int, piece: Tuple[int, int, int, str, int, bool]) -> int:
+    def _record(self, piece: Packed, where: int) -> None:
+        """The cache index learns where a piece of this archive lies (and the count whether it came from there)"""
+        if self.cache:
+            if piece.made:
+                self.cache.misses += 1
+            else:
+                self.cache.hits += 1
+            self.cache.record(RecordedPiece(piece.key, where, piece.size, piece.crc, piece.prefix))
+
+    def _spill_piece(self, spill: "Spill", index: int, piece: Packed) -> int:
         """Keep a compressed piece of a layer whose blob is not open in the spill file; its size"""
         try:
             return spill.add(index, piece)
         finally:
             self._release(piece)
 
-    def _release(self, piece: Tuple[int, int, int, str, int, bool]) -> None:
+    def _release(self, piece: Packed) -> None:
         """The file of a compressed piece back to the pool (made here) or closed (from the cache)"""
-        if piece[5]:
-            self._packed.give(piece[0])
+        if piece.made:
+            self._packed.give(piece.fd)
         else:
-            os.close(piece[0])
+            os.close(piece.fd)
 
-    def _write_piece(self, piece: Tuple[int, int, int, str, int, bool]) -> int:
+    def _write_piece(self, piece: Packed) -> int:
         """Append a compressed piece to the blob (the cache learns where it went); its size"""
-        out, offset, size, key, crc, _ = piece
         try:
-            where = self.blob.write_fd(out, size, offset)
+            where = self.blob.write_fd(piece.fd, piece.size, piece.offset, chain=piece.chain)
         finally:
             self._release(piece)
-        if key and self.cache:
-            self.cache.record(key, where, size, crc)
-        return size
+        self._record(piece, where)
+        return piece.size
 
     def run(self, mtime: int, log=print) -> List[Optional[Dict[str, Any]]]:
         """Write every layer; for each: diff_id, raw_size, digest, size (None for an empty one)

@@ -1,16 +1,19 @@
 """Splitting tar's stream: each entry to its layer, each layer cut into pieces by content"""
 
 import concurrent.futures
+import contextlib
 import os
+import queue
 import subprocess
 import tarfile
 import threading
+import time
 import zlib
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from .archive import BlobWriter
-from .cache import PieceCache
-from .pieces import ChunkedLayers, Stopped
+from .cache import Chain, PieceCache
+from .pieces import ChunkedLayers, Packed, Stopped
 from .plan import LayerPlan
 from .tarstream import (
     END_OF_ARCHIVE,
@@ -22,7 +25,7 @@ from .tarstream import (
     tree_key,
     ustar_name,
 )
-from .util import Digest, bigger_pipe, check_exit, unnamed_file, write_all
+from .util import PHASES, Digest, bigger_pipe, check_exit, unnamed_file, write_all
 
 # the piece of the tar stream one libdeflate-gzip run compresses
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -43,6 +46,8 @@ PIECE_INNER = CHUNK_SIZE - 64 * 1024
 READ_AHEAD = 16 * 1024 * 1024
 STAGE = 256 * 1024
 MEMORY_LAYERS = 16
+# how many flushed buffers (STAGE bytes, or up to tar's READ_BUFFER for big files) may wait to be hashed
+HASH_QUEUE = 64
 
 
 def copy_big(src: "TarReader", stream: "LayerStream", data: int) -> bool:
@@ -77,17 +82,27 @@ class LayerStream:
     So after a file is added, changed or removed, the cuts fall where they
     fell before from the next chosen entry on: those pieces compress to the
     same bytes and can come from the piece cache.
+
+    With a cache, the digest of the stream up to each cut (its prefix) is
+    compared with those of recorded blobs: while they agree, the stream so
+    far is that blob's, and its pieces are taken as they are (Chain),
+    without a second hash of each piece.
     """
 
     def __init__(self, index: int, owner: "SplitLayers"):
         self.index = index
         self.owner = owner
-        self.fd = -1
+        self.memory = len(owner.plan.layers) <= MEMORY_LAYERS
+        self.fd = -1  # the open piece's file (on disk, with many layers)
+        self.buffers: List[Any] = []  # the open piece's bytes (in memory)
         self.size = 0  # bytes in the open piece, the staged ones included
         self.staged = bytearray()
-        self.diff = Digest()
+        self.diff = Digest()  # used by the hashing thread only, as are cuts and following
         self.entries = 0
         self.ended = False  # the stream's own end-of-archive blocks are in
+        self.cuts = 0
+        # the recorded blobs this stream has been so far (None: none any more)
+        self.following: Optional[List[Chain]] = [] if owner.cache else None
 
     def entry(self, first: bytes, data: Any, big: bool = False) -> None:
         """Append an entry (or, for a big one, its headers): `first` is its first block"""
@@ -112,7 +127,7 @@ class LayerStream:
             n = len(part)
             if n >= STAGE:
                 self.flush()
-                self._write(part)
+                self._write(bytes(part))  # a copy: `data` may be tar's buffer, read into again
             else:
                 self.staged += part
                 if len(self.staged) >= STAGE:
@@ -123,10 +138,16 @@ class LayerStream:
             data = data[n:]
 
     def _write(self, data: Any) -> None:
-        if self.fd < 0:
-            self.fd = self.owner.take_piece()
-        write_all(self.fd, data)
-        self.diff.update(data)
+        """`data` (which no one changes any more) goes to the open piece, and to be hashed"""
+        if self.memory:
+            self.buffers.append(data)
+        else:
+            if self.fd < 0:
+                self.fd = unnamed_file(self.owner.spill_dir)
+            started = time.perf_counter()
+            write_all(self.fd, data)
+            self.owner.written_seconds += time.perf_counter() - started
+        self.owner.hand(("data", (self, data)))
 
     def flush(self) -> None:
         if self.staged:
@@ -134,14 +155,37 @@ class LayerStream:
             self.staged = bytearray()
 
     def cut(self) -> None:
-        """End the open piece: it goes to be compressed"""
+        """End the open piece: it goes to be hashed, then compressed"""
         if not self.size:
             return
         self.flush()
-        fd, size = self.fd, self.size
-        self.fd, self.size = -1, 0
-        os.ftruncate(fd, size)  # a file of the pool may be longer
-        self.owner.piece(self.index, fd, size)
+        raw: Any = self.buffers
+        if self.memory:
+            self.buffers = []
+        else:
+            raw, self.fd = self.fd, -1
+        size, self.size = self.size, 0
+        self.owner.hand(("cut", (self, raw, size)))
+
+    def hashed_cut(self, raw: Any, size: int) -> None:
+        """In the hashing thread, the piece's digest is complete: see whether
+        it continues a recorded blob, and pass it on"""
+        prefix, chain = "", None
+        if self.following is not None:
+            prefix = self.diff.prefix()
+            at = self.cuts
+            if at == 0:
+                self.following = self.owner.cache.chains(prefix)
+            else:
+                self.following = [c for c in self.following if at < len(c.pieces) and c.pieces[at].prefix == prefix]
+            if self.following:
+                chain = (self.following[0], at)
+            else:
+                self.following = None  # never again: the stream so far is no recorded blob's
+        elif self.owner.cache:
+            prefix = self.diff.prefix()
+        self.cuts += 1
+        self.owner.piece(self.index, raw, size, prefix, chain)
 
     def finish(self) -> None:
         """The end-of-archive blocks (for a layer with entries) and the last piece"""
@@ -181,6 +225,10 @@ class SplitLayers(ChunkedLayers):
         if not plan_later:
             self._planned.set()
         self._streams: List[LayerStream] = []
+        self.written_seconds = 0.0  # the producer's writes of pieces
+        # the producer's bytes and cuts on their way to the hashing thread
+        self._hashq: "queue.Queue[Tuple[str, Any]]" = queue.Queue(maxsize=HASH_QUEUE)
+        self._reader: Optional[TarReader] = None
 
     def set_plan(self, plan: LayerPlan) -> None:
         """The plan, made while tar has begun to read the tree"""
@@ -194,40 +242,92 @@ class SplitLayers(ChunkedLayers):
         if self._producer:
             self._shut_down(self._producer)
 
-    def take_piece(self) -> int:
-        """A file for a piece being gathered: in memory, or on disk with many layers"""
-        if len(self.plan.layers) > MEMORY_LAYERS:
-            return unnamed_file(self.spill_dir)
-        return self._raw.take()
-
-    def piece(self, index: int, fd: int, size: int) -> None:
-        """A piece of layer `index` is complete: compress it (or, for none, pass it on)"""
-        if self.comp_argv:
-            future = self._pool.submit(self._compress, fd, size)
+    def piece(self, index: int, raw: Any, size: int, prefix: str = "", chain: Optional[Tuple[Chain, int]] = None) -> None:
+        """A piece of layer `index` is complete (`prefix`: the digest of the
+        layer's stream up to its end; `chain`: the piece of a recorded blob
+        it is): compress it (or, for none, pass it on)"""
+        future: "concurrent.futures.Future[Packed]"
+        if chain is not None:
+            future = self._pool.submit(self._replay, raw, size, prefix, chain)
+        elif self.comp_argv:
+            future = self._pool.submit(self._compress, raw, size, prefix)
         else:
-            future = concurrent.futures.Future()
-            future.set_result((fd, 0, size, "", 0, True))
+            future = self._pool.submit(self._as_is, raw, size)
         if not self._put(("piece", (index, future))):
             raise Stopped()
 
+    def hand(self, item: Tuple[str, Any]) -> None:
+        """Pass something to the hashing thread, in the stream's order"""
+        while not self._stop.is_set():
+            try:
+                self._hashq.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise Stopped()
+
     def _produce(self) -> None:
+        hasher = threading.Thread(target=self._hash, name="layer-hash", daemon=True)
+        hasher.start()
+        started = time.perf_counter()
         try:
             streams = self._split()
-            if streams is None:
-                return
-            last = self.plan.last
-            for index in [last] + list(range(last)):  # the open blob ends first
-                streams[index].finish()
-                if not self._put(("end", (index, streams[index].diff, streams[index].entries))):
-                    return
+            if streams is not None:
+                last = self.plan.last
+                for index in [last] + list(range(last)):  # the open blob ends first
+                    streams[index].finish()
+                    self.hand(("end", (index, streams[index])))
         except Stopped:
             pass
         except BaseException as e:  # pylint: disable=broad-except  # handed to the consuming thread
-            self._put(("error", e))
+            with contextlib.suppress(Stopped):
+                self.hand(("error", e))
         finally:
             for stream in self._streams:
                 stream.close()
-            self._put(("done", None))
+            reading = self._reader.seconds if self._reader else 0.0
+            PHASES.add("splitting", time.perf_counter() - started - reading - self.written_seconds)
+            PHASES.add("tar read", reading)
+            PHASES.add("writing", self.written_seconds)
+            with contextlib.suppress(Stopped):
+                self.hand(("done", None))
+            hasher.join()
+            while not self._hashq.empty():  # left when stopped: files of pieces
+                kind, value = self._hashq.get()
+                if kind == "cut" and isinstance(value[1], int):
+                    os.close(value[1])
+
+    def _hash(self) -> None:
+        """The hashing thread: each layer's digest as its bytes come; at each
+        cut, the piece goes on to be compressed (or taken from the cache);
+        everything else goes to the consuming thread in order"""
+        failed = False
+        while not self._stop.is_set():
+            try:
+                kind, value = self._hashq.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                if failed:  # only drain, so that the producer never waits
+                    if kind == "cut" and isinstance(value[1], int):
+                        os.close(value[1])
+                elif kind == "data":
+                    value[0].diff.update(value[1])
+                elif kind == "cut":
+                    value[0].hashed_cut(value[1], value[2])
+                elif kind == "end":
+                    index, stream = value
+                    if not self._put(("end", (index, stream.diff, stream.entries))):
+                        return
+                elif not self._put((kind, value)):
+                    return
+            except Stopped:
+                return
+            except BaseException as e:  # pylint: disable=broad-except  # handed to the consuming thread
+                failed = True
+                self._put(("error", e))
+            if kind == "done":
+                return
 
     def _parents(self, stream: LayerStream, stack: List[List[Any]]) -> None:
         """The directories above the entry that `stream` does not hold yet"""
@@ -257,7 +357,7 @@ class SplitLayers(ChunkedLayers):
         tar = subprocess.Popen(self.argv, stdout=subprocess.PIPE)  # pylint: disable=consider-using-with
         try:
             bigger_pipe(tar.stdout)
-            src = TarReader(tar.stdout.fileno())
+            src = self._reader = TarReader(tar.stdout.fileno())
             if self.prefix:
                 src.ahead.append(self.prefix)
                 src.ahead_size += len(self.prefix)
@@ -270,8 +370,9 @@ class SplitLayers(ChunkedLayers):
             explicit = plan.explicit
             top = outside
             streams = self._streams = [LayerStream(i, self) for i in range(len(plan.layers))]
-            if stopped() or not self._put(("begin", last)):
+            if stopped():
                 return None
+            self.hand(("begin", last))
             entries = 0
             lo, hi, view = src.lo, src.hi, src.view
             while True:

@@ -3,6 +3,7 @@
 import collections
 import os
 import tarfile
+import time
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .util import CHUNK
@@ -126,12 +127,15 @@ class TarReader:
         self.ahead: Deque[bytes] = collections.deque()  # read before the buffer takes it
         self.ahead_size = 0
         self.ended = False
+        self.seconds = 0.0  # in reads of the pipe (waiting for tar included)
 
     def read_ahead(self, limit: int) -> bool:
         """Read one more block of the stream into memory; False at its end or at `limit` bytes read ahead"""
         if self.ended or self.ahead_size >= limit:
             return False
+        started = time.perf_counter()
         data = os.read(self.fd, CHUNK)
+        self.seconds += time.perf_counter() - started
         if not data:
             self.ended = True
             return False
@@ -164,7 +168,9 @@ class TarReader:
                 self.hi += len(data)
                 self.ahead_size -= len(data)
                 continue
+            started = time.perf_counter()
             got = os.readv(self.fd, [self.view[self.hi:]])
+            self.seconds += time.perf_counter() - started
             if got == 0:
                 return False
             self.hi += got

@@ -6,7 +6,9 @@ import mmap
 import os
 import subprocess
 import tempfile
-from typing import BinaryIO, Optional
+import threading
+import time
+from typing import BinaryIO, Dict, Optional
 
 # how much one read of a pipe or file takes
 CHUNK = 1024 * 1024
@@ -15,16 +17,50 @@ F_SETPIPE_SZ = 1031
 PROGRESS_INTERVAL = 5.0
 
 
+class Phases:
+    """Seconds spent in each phase of making an archive, summed over the
+    threads that work in it (so they may add up to more than the wall time)"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: Dict[str, float] = {}
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seconds = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    def report(self) -> Dict[str, float]:
+        with self._lock:
+            return {phase: round(seconds, 3) for phase, seconds in sorted(self.seconds.items())}
+
+
+# the phases of the archive being made (one at a time in a process)
+PHASES = Phases()
+
+
 class Digest:
     """sha256 and length of what passed"""
 
     def __init__(self) -> None:
         self.hash = hashlib.sha256()
         self.size = 0
+        self.seconds = 0.0
 
     def update(self, data) -> None:
+        started = time.perf_counter()
         self.hash.update(data)
         self.size += len(data)
+        seconds = time.perf_counter() - started
+        self.seconds += seconds
+        PHASES.add("hashing", seconds)
+
+    def prefix(self) -> str:
+        """The sha256 of what passed so far, as hex (more may follow)"""
+        return self.hash.copy().hexdigest()
 
     @property
     def digest(self) -> str:

@@ -203,13 +203,13 @@ def test_cache_is_bounded(oci_archive, tmp_path, tree_a):
     assert len(outputs) == 3
     assert pieces.trim(int(size * 1.5)) == 2, "the two least recently used outputs go, with their indexes"
     assert len(os.listdir(os.path.join(cache, "outputs"))) == 1
-    assert len(os.listdir(os.path.join(cache, "pieces-v2"))) == 1
+    assert len(os.listdir(os.path.join(cache, "pieces-v3"))) == 1
 
 
 def test_hostile_index_lines_are_ignored(oci_archive, tmp_path, tree_a, capsys):
     cache = str(tmp_path / "cache")
     expected = build(oci_archive, tree_a, tmp_path / "first", cache=cache)
-    index = os.path.join(cache, "pieces-v2", os.listdir(os.path.join(cache, "pieces-v2"))[0])
+    index = os.path.join(cache, "pieces-v3", os.listdir(os.path.join(cache, "pieces-v3"))[0])
     with open(index, "rb") as f:
         lines = f.read().split(b"\n")
     key = lines[1].split()[0]
@@ -234,7 +234,7 @@ def test_unusable_cache_still_builds(oci_archive, tmp_path, tree_a, capsys):
 def test_an_index_whose_archive_is_gone_goes_after_a_day(oci_archive, tmp_path, tree_a):
     cache = str(tmp_path / "cache")
     build(oci_archive, tree_a, tmp_path / "first", cache=cache, keep=False)
-    index = os.path.join(cache, "pieces-v2", os.listdir(os.path.join(cache, "pieces-v2"))[0])
+    index = os.path.join(cache, "pieces-v3", os.listdir(os.path.join(cache, "pieces-v3"))[0])
     ociarchive.cache.PieceCache(cache, ["libdeflate-gzip", "-c", "-5"])
     assert os.path.exists(index), "a build may still be running: its archive is linked when it ends"
     old = os.stat(index).st_mtime - 2 * 24 * 3600
