@@ -1,6 +1,7 @@
 """The piece cache: compressed pieces of earlier archives, found by what they compress"""
 
 import contextlib
+import hashlib
 import mmap
 import os
 import re
@@ -67,7 +68,8 @@ class PieceCache:
     SIZE where the compressed piece lies in that archive, CRC32 of its
     bytes, PREFIX the sha256 of the layer's uncompressed stream up to the
     piece's end), and a line `= DIGEST SIZE` closing the blob (its sha256
-    and size). A rebuild finds a piece by KEY, or follows a whole blob by
+    and size); the last line, `# SHA256`, is the digest of all before it (an
+    index that does not match it is removed). A rebuild finds a piece by KEY, or follows a whole blob by
     PREFIX (see Chain). An archive whose size or mtime is not what its
     index says (it may share its inode with an exported file) is not
     trusted: the CRC of each of its pieces is checked before it is used; on
@@ -115,7 +117,10 @@ class PieceCache:
             index = os.path.join(self.path, name)
             try:
                 with open(index, "rb") as f:
-                    lines = f.read(CACHE_INDEX_MAX).split(b"\n")
+                    lines = checked_lines(f.read(CACHE_INDEX_MAX))
+                if lines is None:  # damaged, or cut short: of no use
+                    os.unlink(index)
+                    continue
                 filename = safe_filename(os.fsdecode(lines[0]))
                 archive = os.path.join(self.outputs, output_id, filename)
                 if not os.path.isfile(archive):
@@ -239,7 +244,7 @@ class PieceCache:
         try:
             temp_fd, temp = tempfile.mkstemp(dir=self.path, prefix=".")
             try:
-                write_all(temp_fd, b"\n".join(lines) + b"\n")
+                write_all(temp_fd, with_checksum(lines))
             finally:
                 os.close(temp_fd)
             os.replace(temp, path)
@@ -296,3 +301,18 @@ def parse_piece(fields: List[bytes]) -> Optional[RecordedPiece]:
     if size <= 0 or crc >= 1 << 32:
         return None
     return RecordedPiece(fields[0].decode(), offset, size, crc, fields[4].decode())
+
+
+def with_checksum(lines: List[bytes]) -> bytes:
+    """An index's text: its lines, then the sha256 of them"""
+    text = b"".join(line + b"\n" for line in lines)
+    return text + b"# " + hashlib.sha256(text).hexdigest().encode() + b"\n"
+
+
+def checked_lines(data: bytes) -> Optional[List[bytes]]:
+    """The lines of an index (without its checksum), None if the checksum does not match"""
+    text, _, last = data.rstrip(b"\n").rpartition(b"\n")
+    text += b"\n"
+    if last != b"# " + hashlib.sha256(text).hexdigest().encode():
+        return None
+    return text[:-1].split(b"\n")

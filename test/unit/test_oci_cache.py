@@ -14,6 +14,7 @@ import pytest
 import ociarchive.cache
 import ociarchive.split
 from osbuild.objectstore import link_output
+from test.debtree import make_debian_tree
 from test.ocitools import Archive
 
 BASE = {"filename": "image.tar", "architecture": "amd64", "source-epoch": 1700000000}
@@ -42,13 +43,13 @@ def make_tree(root, extra=None):
     return root
 
 
-def build(module, tree, outdir, cache=None, keep=True, **options):
+def build(module, tree, outdir, cache=None, keep=True, metadata=None, **options):
     """main() as the engine runs it; with `keep`, the output is then linked
     into the cache as the engine does after it committed the output"""
     os.makedirs(outdir, exist_ok=True)
     output_id = uuid.uuid4().hex
     assert module.main(str(outdir), {"tree": {"path": str(tree)}}, dict(BASE, **options), cache=cache,
-                       output_id=output_id) == 0
+                       output_id=output_id, metadata=metadata) == 0
     if cache and keep and os.path.isdir(os.path.join(cache, "outputs")):
         assert link_output(cache, output_id, str(outdir))
     with open(os.path.join(outdir, "image.tar"), "rb") as f:
@@ -143,6 +144,68 @@ def test_a_file_added_reuses_the_rest(oci_archive, tmp_path, tree_a, capsys):
     assert warm == build(oci_archive, tree_b, tmp_path / "plain"), "byte for byte a build without cache"
 
 
+def test_an_unchanged_tree_takes_every_piece_as_it_is(oci_archive, tmp_path, tree_a, capsys):
+    cache = str(tmp_path / "cache")
+    first = build(oci_archive, tree_a, tmp_path / "first", cache=cache)
+    capsys.readouterr()
+    seen = []
+    again = build(oci_archive, tree_a, tmp_path / "again", cache=cache, metadata=seen.append)
+    hits, total = reused(capsys.readouterr().out)
+    assert again == first and hits == total
+    assert "compressing" not in seen[0]["profile"], "nothing is compressed again"
+
+
+def test_a_changed_file_of_the_same_size_and_clamped_mtime_is_noticed(oci_archive, tmp_path, tree_a, capsys):
+    """Nothing in tar's headers changes (the mtimes after source-epoch are
+    clamped to it): only the content says the file is another"""
+    cache = str(tmp_path / "cache")
+    victim = os.path.join(tree_a, "d10", "f0210")
+    os.utime(victim, (1800000000, 1800000000))
+    first = build(oci_archive, tree_a, tmp_path / "first", cache=cache)
+    with open(victim, "r+b") as f:
+        f.seek(os.path.getsize(victim) // 2)
+        f.write(b"CHANGED!")
+    with open(victim, "rb") as f:
+        changed = f.read()
+    os.utime(victim, (1800000100, 1800000100))
+    capsys.readouterr()
+    again = build(oci_archive, tree_a, tmp_path / "second", cache=cache)
+    hits, total = reused(capsys.readouterr().out)
+    assert again != first and hits < total
+    assert again == build(oci_archive, tree_a, tmp_path / "plain"), "byte for byte a build without cache"
+    archive = Archive(os.path.join(tmp_path / "second", "image.tar"))
+    with tarfile.open(fileobj=io.BytesIO(archive.layer_tar)) as tar:
+        assert tar.extractfile("./d10/f0210").read() == changed
+
+
+def test_a_touched_archive_is_checked_and_still_serves(oci_archive, tmp_path, tree_a, capsys):
+    cache = str(tmp_path / "cache")
+    first = build(oci_archive, tree_a, tmp_path / "first", cache=cache)
+    archive = os.path.join(tmp_path / "first", "image.tar")
+    os.utime(archive, (1900000000, 1900000000))  # its mtime is not what the index says: each piece's CRC is checked
+    capsys.readouterr()
+    again = build(oci_archive, tree_a, tmp_path / "again", cache=cache)
+    log = capsys.readouterr().out
+    hits, total = reused(log)
+    assert again == first and hits == total and "damaged" not in log
+
+
+def test_layered_rebuilds_follow_every_blob(oci_archive, tmp_path, capsys):
+    tree = make_debian_tree(str(tmp_path / "tree"))
+    cache = str(tmp_path / "cache")
+    first = build(oci_archive, tree, tmp_path / "first", cache=cache, layers={})
+    capsys.readouterr()
+    assert build(oci_archive, tree, tmp_path / "again", cache=cache, layers={}) == first
+    hits, total = reused(capsys.readouterr().out)
+    assert hits == total
+    upgraded = make_debian_tree(str(tmp_path / "upgraded"), versions={"tzdata": "2"})
+    changed = build(oci_archive, upgraded, tmp_path / "changed", cache=cache, layers={})
+    hits, total = reused(capsys.readouterr().out)
+    assert 0 < hits < total
+    assert changed == build(oci_archive, upgraded, tmp_path / "plain", layers={}), \
+        "byte for byte a build without cache"
+
+
 def test_the_cache_holds_no_copy_of_the_pieces(oci_archive, tmp_path, tree_a):
     cache = str(tmp_path / "cache")
     build(oci_archive, tree_a, tmp_path / "first", cache=cache)
@@ -206,19 +269,43 @@ def test_cache_is_bounded(oci_archive, tmp_path, tree_a):
     assert len(os.listdir(os.path.join(cache, "pieces-v3"))) == 1
 
 
+def index_path(cache):
+    (name,) = os.listdir(os.path.join(cache, "pieces-v3"))
+    return os.path.join(cache, "pieces-v3", name)
+
+
 def test_hostile_index_lines_are_ignored(oci_archive, tmp_path, tree_a, capsys):
     cache = str(tmp_path / "cache")
     expected = build(oci_archive, tree_a, tmp_path / "first", cache=cache)
-    index = os.path.join(cache, "pieces-v3", os.listdir(os.path.join(cache, "pieces-v3"))[0])
+    index = index_path(cache)
     with open(index, "rb") as f:
         lines = f.read().split(b"\n")
-    key = lines[1].split()[0]
-    bad = [b"../../../etc/passwd"] + [key + b" -5 10 0", key + b" 0 99999999999 1", b"zz 1 2 3", b"\xff" * 70]
+    key, prefix = lines[2].split()[0], lines[2].split()[4]
+    bad = [b"../../../etc/passwd", b"@ 1 2"] + [
+        key + b" -5 10 0 " + prefix, key + b" 0 99999999999 1 " + prefix, b"zz 1 2 3 " + prefix, b"\xff" * 70,
+        b"- 1536 10 0 " + prefix, b"- 1546 10 0 " + prefix, b"= " + key + b" 20",  # not where the pieces lie
+        b"- 0 10 0 " + prefix, b"= " + key + b" 999",  # not the size of its pieces
+    ]
     with open(index, "wb") as f:
-        f.write(b"\n".join(bad))
+        f.write(ociarchive.cache.with_checksum(bad))  # checked lines, each of them wrong
     capsys.readouterr()
     assert build(oci_archive, tree_a, tmp_path / "second", cache=cache) == expected
     assert reused(capsys.readouterr().out)[0] == 0
+
+
+@pytest.mark.parametrize("damage", ["cut", "flip"])
+def test_a_damaged_index_is_removed(oci_archive, tmp_path, tree_a, capsys, damage):
+    cache = str(tmp_path / "cache")
+    expected = build(oci_archive, tree_a, tmp_path / "first", cache=cache)
+    index = index_path(cache)
+    with open(index, "rb") as f:
+        text = f.read()
+    with open(index, "wb") as f:
+        f.write(text[:len(text) // 2] if damage == "cut" else text.replace(b" 1536 ", b" 1537 ", 1))
+    capsys.readouterr()
+    assert build(oci_archive, tree_a, tmp_path / "second", cache=cache) == expected
+    assert reused(capsys.readouterr().out)[0] == 0
+    assert not os.path.exists(index)
 
 
 def test_unusable_cache_still_builds(oci_archive, tmp_path, tree_a, capsys):
