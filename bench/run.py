@@ -193,6 +193,8 @@ def prepare_trees(scratch: str, names: List[str], usr_limit: int, quick: bool) -
                 make_minbase(path)
             elif name == "many":
                 make_many(path)
+            elif name == "share":  # the host's /usr/share, all of it
+                subprocess.run(["cp", "-a", "/usr/share", os.path.join(path, "share")], check=True)
             elif name == "large":
                 make_large(path, prepare_trees(scratch, ["usr"], usr_limit, quick)["usr"])
             with open(done, "w", encoding="utf-8"):

@@ -57,11 +57,13 @@ def write_split_layers(blob: BlobWriter, argv: List[str], root: bytes, options: 
                         stored=options.get("compression", DEFAULT_COMPRESSION) == "gzip", cache=cache,
                         spill_dir=spill_dir, parent_mtime=options.get("source-epoch") or 0, plan_later=True)
     split.start()  # tar reads the tree while the package databases are read
+    started = time.perf_counter()
     try:
         plan = plan_layers(root, options["layers"], log) or LayerPlan.single()
     except BaseException:
         split.abandon()
         raise
+    PHASES.add("planning", time.perf_counter() - started)
     log(f"oci-archive: writing up to {len(plan.layers)} layer{'s' if len(plan.layers) > 1 else ''} "
         f"from one pass over the tree, {f'compressed with {comp.name}' if comp else 'uncompressed'}", flush=True)
     split.set_plan(plan)
