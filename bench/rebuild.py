@@ -73,7 +73,8 @@ def inserted_path(tree: str) -> str:
 class Bench:
     """One tree's store with A and B stored, and the commands that build them"""
 
-    def __init__(self, name: str, tree: str, work: str):
+    def __init__(self, name: str, tree: str, work: str, python: str = sys.executable):
+        self.python = python
         self.name = name
         self.tree = tree
         self.work = work
@@ -118,7 +119,7 @@ class Bench:
         """Build A or B through the command; wall time, the assembler's result, the archive's sha256"""
         out = os.path.join(self.work, "out")
         shutil.rmtree(out, ignore_errors=True)
-        argv = [sys.executable, "-m", "osbuild", "--libdir", REPO, "--store", self.store_path,
+        argv = [self.python, "-m", "osbuild", "--libdir", REPO, "--store", self.store_path,
                 "--output-directory", out, "--json", os.path.join(self.work, f"{label}.json")]
         subprocess.run(["sync"], check=True)
         started = time.monotonic()
@@ -137,13 +138,13 @@ class Bench:
     def floor(self) -> float:
         subprocess.run(["sync"], check=True)
         started = time.monotonic()
-        subprocess.run([sys.executable, os.path.join(HERE, "floor.py"), self.tree, str(EPOCH)], check=True,
+        subprocess.run([self.python, os.path.join(HERE, "floor.py"), self.tree, str(EPOCH)], check=True,
                        stdout=subprocess.DEVNULL)
         return time.monotonic() - started
 
 
-def run_tree(name: str, tree: str, scratch: str, runs: int) -> Dict[str, Any]:
-    bench = Bench(name, tree, os.path.join(scratch, "work", "rebuild", name))
+def run_tree(name: str, tree: str, scratch: str, runs: int, python: str) -> Dict[str, Any]:
+    bench = Bench(name, tree, os.path.join(scratch, "work", "rebuild", name), python)
     # the bytes of a build without cache, the reference of every rebuild
     expected = {}
     for label in ("A", "B"):
@@ -181,9 +182,18 @@ def run_tree(name: str, tree: str, scratch: str, runs: int) -> Dict[str, Any]:
     }
 
 
+def default_python() -> str:
+    """/usr/bin/python3 where it has jsonschema (as `python3 -m osbuild` runs on Debian), else this one"""
+    system = "/usr/bin/python3"
+    if os.access(system, os.X_OK) and subprocess.run([system, "-c", "import jsonschema"], check=False,
+                                                     capture_output=True).returncode == 0:
+        return system
+    return sys.executable
+
+
 def markdown(results: List[Dict[str, Any]]) -> str:
     lines = ["# Rebuilds through osbuild", "",
-             f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}; "
+             f"{platform.node()}: {os.cpu_count()} cores; "
              "medians, every rebuild byte for byte a build without cache", "",
              "| tree | first s | rebuild s | same tree s | floor s | rebuild / first | rebuild / floor "
              "| same / first | same / floor |",
@@ -210,10 +220,12 @@ def main() -> int:
     parser.add_argument("--output", default=os.path.join(HERE, "results", "latest"))
     parser.add_argument("--scratch", default="/var/tmp/osbuild-bench")
     parser.add_argument("--usr-limit", type=int, default=800)
+    parser.add_argument("--python", default=default_python(),
+                        help="the interpreter of osbuild and the floor (default: the system's, as a user runs it)")
     args = parser.parse_args()
     compileall.compile_dir(REPO, quiet=1, workers=0)  # as an installed engine has it
     trees = prepare_trees(args.scratch, args.trees.split(","), args.usr_limit * MIB, False)
-    results = [run_tree(name, path, args.scratch, args.runs) for name, path in trees.items()]
+    results = [run_tree(name, path, args.scratch, args.runs, args.python) for name, path in trees.items()]
     shutil.rmtree(os.path.join(args.scratch, "work", "rebuild"), ignore_errors=True)
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "rebuild.json"), "w", encoding="utf-8") as f:

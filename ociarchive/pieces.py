@@ -149,7 +149,16 @@ class ChunkedLayers:
         return Packed(self._file(raw), 0, size, NO_KEY, 0, True, "", None)
 
     def _compress(self, raw: Any, size: int, prefix: str = "") -> Packed:
-        """The compressed piece: from the cache, or made in a file of the pool"""
+        """The compressed piece: from the cache (found by the sha256 of the
+        piece), or made in a file of the pool"""
+        key = NO_KEY
+        if self.cache:
+            key = self._key(raw, size)
+            hit = self.cache.get(key)
+            if hit:
+                if isinstance(raw, int):
+                    self._raw.give(raw)
+                return Packed(*hit[:3], key, hit[3], False, prefix, None)
         out = -1
         piece = self._file(raw)
         try:
@@ -157,26 +166,17 @@ class ChunkedLayers:
                 if self.stored and incompressible(view):
                     # random or already compressed data: stored deflate blocks,
                     # at memory speed, instead of a search that finds nothing
-                    # (and faster than a look into the cache)
                     out = self._packed.take()
                     stored = zlib.compressobj(0, zlib.DEFLATED, 31)
                     write_all(out, stored.compress(view) + stored.flush())
-                    return self._made(out, NO_KEY, prefix)
-                key = NO_KEY
-                if self.cache:
-                    started = time.perf_counter()
-                    key = hashlib.sha256(view).hexdigest()
-                    PHASES.add("hashing", time.perf_counter() - started)
-                    hit = self.cache.get(key)
-                    if hit:
-                        return Packed(*hit[:3], key, hit[3], False, prefix, None)
-                out = self._packed.take()
-                os.lseek(piece, 0, os.SEEK_SET)
-                started = time.perf_counter()
-                proc = subprocess.run(self.comp_argv, stdin=piece, stdout=out, check=False)
-                PHASES.add("compressing", time.perf_counter() - started)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"create layer: {self.comp_argv[0]} exited with status {proc.returncode}")
+                    return self._made(out, key, prefix)
+            out = self._packed.take()
+            os.lseek(piece, 0, os.SEEK_SET)
+            started = time.perf_counter()
+            proc = subprocess.run(self.comp_argv, stdin=piece, stdout=out, check=False)
+            PHASES.add("compressing", time.perf_counter() - started)
+            if proc.returncode != 0:
+                raise RuntimeError(f"create layer: {self.comp_argv[0]} exited with status {proc.returncode}")
             return self._made(out, key, prefix)
         except BaseException:
             if out >= 0:
@@ -184,6 +184,21 @@ class ChunkedLayers:
             raise
         finally:
             self._raw.give(piece)
+
+    @staticmethod
+    def _key(raw: Any, size: int) -> str:
+        """The sha256 of a piece (its buffers, or its file), the key of the cache"""
+        started = time.perf_counter()
+        if isinstance(raw, int):
+            with mmap.mmap(raw, size, prot=mmap.PROT_READ) as view:
+                key = hashlib.sha256(view).hexdigest()
+        else:
+            digest = hashlib.sha256()
+            for data in raw:
+                digest.update(data)
+            key = digest.hexdigest()
+        PHASES.add("hashing", time.perf_counter() - started)
+        return key
 
     def _made(self, out: int, key: str, prefix: str) -> Packed:
         """A piece compressed here into `out` (its CRC for the cache index)"""
