@@ -50,7 +50,7 @@ from osbuild.objectstore import ObjectStore  # noqa: E402
 from run import EPOCH, MIB, log, ours_options, prepare_trees, tree_size  # noqa: E402
 
 MODULE = "org.osbuild.oci-archive"
-PHASES = ("engine", "tar read", "splitting", "hashing", "cache lookups", "compressing", "writing")
+PHASES = ("engine", "planning", "tar read", "splitting", "hashing", "cache lookups", "compressing", "writing", "waiting")
 
 
 def manifest(name: str) -> Dict[str, Any]:

@@ -226,6 +226,7 @@ class SplitLayers(ChunkedLayers):
             self._planned.set()
         self._streams: List[LayerStream] = []
         self.written_seconds = 0.0  # the producer's writes of pieces
+        self.waited_seconds = 0.0  # the producer waiting for hashing and compressing to take what it made
         # the producer's bytes and cuts on their way to the hashing thread
         self._hashq: "queue.Queue[Tuple[str, Any]]" = queue.Queue(maxsize=HASH_QUEUE)
         self._reader: Optional[TarReader] = None
@@ -258,13 +259,22 @@ class SplitLayers(ChunkedLayers):
 
     def hand(self, item: Tuple[str, Any]) -> None:
         """Pass something to the hashing thread, in the stream's order"""
-        while not self._stop.is_set():
-            try:
-                self._hashq.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise Stopped()
+        try:
+            self._hashq.put_nowait(item)
+            return
+        except queue.Full:
+            pass
+        started = time.perf_counter()  # the threads after this one are behind: wait for them
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._hashq.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            raise Stopped()
+        finally:
+            self.waited_seconds += time.perf_counter() - started
 
     def _produce(self) -> None:
         hasher = threading.Thread(target=self._hash, name="layer-hash", daemon=True)
@@ -286,7 +296,9 @@ class SplitLayers(ChunkedLayers):
             for stream in self._streams:
                 stream.close()
             reading = self._reader.seconds if self._reader else 0.0
-            PHASES.add("splitting", time.perf_counter() - started - reading - self.written_seconds)
+            PHASES.add("splitting", time.perf_counter() - started - reading - self.written_seconds
+                       - self.waited_seconds)
+            PHASES.add("waiting", self.waited_seconds)
             PHASES.add("tar read", reading)
             PHASES.add("writing", self.written_seconds)
             with contextlib.suppress(Stopped):
