@@ -164,6 +164,14 @@ class PieceCache:
         with self._lock:
             return [c for c in self._chains.get(prefix, ()) if c.index not in self._dropped]
 
+    def follow(self, following: List[Chain], at: int, prefix: str) -> Optional[List[Chain]]:
+        """The recorded blobs whose piece `at` ends where a stream's has the
+        digest `prefix`, among those it followed so far (all, for the first
+        piece); None when there is none: the stream is no recorded blob's"""
+        if at == 0:
+            return self.chains(prefix) or None
+        return [c for c in following if at < len(c.pieces) and c.pieces[at].prefix == prefix] or None
+
     def get(self, key: str) -> Optional[Tuple[int, int, int, int]]:
         """(fd, offset, size, crc) of the compressed piece for `key`, checked; None if there is none"""
         with self._lock:

@@ -171,19 +171,11 @@ class LayerStream:
         """In the hashing thread, the piece's digest is complete: see whether
         it continues a recorded blob, and pass it on"""
         prefix, chain = "", None
-        if self.following is not None:
+        if self.owner.cache:
             prefix = self.diff.prefix()
-            at = self.cuts
-            if at == 0:
-                self.following = self.owner.cache.chains(prefix)
-            else:
-                self.following = [c for c in self.following if at < len(c.pieces) and c.pieces[at].prefix == prefix]
-            if self.following:
-                chain = (self.following[0], at)
-            else:
-                self.following = None  # never again: the stream so far is no recorded blob's
-        elif self.owner.cache:
-            prefix = self.diff.prefix()
+            if self.following is not None:
+                self.following = self.owner.cache.follow(self.following, self.cuts, prefix)
+                chain = (self.following[0], self.cuts) if self.following else None
         self.cuts += 1
         self.owner.piece(self.index, raw, size, prefix, chain)
 
