@@ -21,6 +21,8 @@ checks it and fails otherwise). Reported per tree: medians, the ratios
 rebuild / first and rebuild / floor, and, from the assembler's own result
 (`--json`), seconds per phase of the first build and of the rebuild, with
 the engine's share (the whole command less the assembler's seconds).
+`--checkout DIR` builds with another checkout's engine and modules (an
+older commit, to compare; one without the profile reports only times).
 Trees are made by bench/run.py's recipes (`share` is a copy of the host's
 /usr/share) and kept in --scratch. Run as root.
 """
@@ -44,13 +46,15 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 # pylint: disable=wrong-import-position  # this checkout's osbuild and bench, whatever is installed
+from run import EPOCH, MIB, log, ours_options, prepare_trees, tree_size  # noqa: E402
+
 from osbuild.formats import v1  # noqa: E402
 from osbuild.meta import Index  # noqa: E402
 from osbuild.objectstore import ObjectStore  # noqa: E402
-from run import EPOCH, MIB, log, ours_options, prepare_trees, tree_size  # noqa: E402
 
 MODULE = "org.osbuild.oci-archive"
-PHASES = ("engine", "planning", "tar read", "splitting", "hashing", "cache lookups", "compressing", "writing", "waiting")
+PHASES = ("engine", "planning", "tar read", "splitting", "hashing", "cache lookups", "compressing", "writing",
+          "waiting")
 
 
 def manifest(name: str) -> Dict[str, Any]:
@@ -73,8 +77,9 @@ def inserted_path(tree: str) -> str:
 class Bench:
     """One tree's store with A and B stored, and the commands that build them"""
 
-    def __init__(self, name: str, tree: str, work: str, python: str = sys.executable):
+    def __init__(self, name: str, tree: str, work: str, python: str = sys.executable, checkout: str = REPO):
         self.python = python
+        self.checkout = checkout  # whose engine and modules build
         self.name = name
         self.tree = tree
         self.work = work
@@ -119,11 +124,12 @@ class Bench:
         """Build A or B through the command; wall time, the assembler's result, the archive's sha256"""
         out = os.path.join(self.work, "out")
         shutil.rmtree(out, ignore_errors=True)
-        argv = [self.python, "-m", "osbuild", "--libdir", REPO, "--store", self.store_path,
+        argv = [self.python, "-m", "osbuild", "--libdir", self.checkout, "--store", self.store_path,
                 "--output-directory", out, "--json", os.path.join(self.work, f"{label}.json")]
         subprocess.run(["sync"], check=True)
         started = time.monotonic()
-        proc = subprocess.run(argv, capture_output=True, check=False, env=dict(os.environ, PYTHONPATH=REPO))
+        proc = subprocess.run(argv, capture_output=True, check=False,
+                              env=dict(os.environ, PYTHONPATH=self.checkout))
         wall = time.monotonic() - started
         if proc.returncode != 0:
             raise RuntimeError(f"osbuild {label} of {self.name} failed: {proc.stderr.decode(errors='replace')[-2000:]}")
@@ -143,8 +149,8 @@ class Bench:
         return time.monotonic() - started
 
 
-def run_tree(name: str, tree: str, scratch: str, runs: int, python: str) -> Dict[str, Any]:
-    bench = Bench(name, tree, os.path.join(scratch, "work", "rebuild", name), python)
+def run_tree(name: str, tree: str, scratch: str, runs: int, python: str, checkout: str) -> Dict[str, Any]:
+    bench = Bench(name, tree, os.path.join(scratch, "work", "rebuild", name), python, checkout)
     # the bytes of a build without cache, the reference of every rebuild
     expected = {}
     for label in ("A", "B"):
@@ -222,10 +228,13 @@ def main() -> int:
     parser.add_argument("--usr-limit", type=int, default=800)
     parser.add_argument("--python", default=default_python(),
                         help="the interpreter of osbuild and the floor (default: the system's, as a user runs it)")
+    parser.add_argument("--checkout", default=REPO,
+                        help="the checkout whose engine and modules build (an older one, to compare)")
     args = parser.parse_args()
-    compileall.compile_dir(REPO, quiet=1, workers=0)  # as an installed engine has it
+    compileall.compile_dir(args.checkout, quiet=1, workers=0)  # as an installed engine has it
     trees = prepare_trees(args.scratch, args.trees.split(","), args.usr_limit * MIB, False)
-    results = [run_tree(name, path, args.scratch, args.runs, args.python) for name, path in trees.items()]
+    results = [run_tree(name, path, args.scratch, args.runs, args.python, os.path.abspath(args.checkout))
+               for name, path in trees.items()]
     shutil.rmtree(os.path.join(args.scratch, "work", "rebuild"), ignore_errors=True)
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "rebuild.json"), "w", encoding="utf-8") as f:

@@ -30,6 +30,7 @@ CACHE_ORPHAN_AGE = 24 * 3600
 
 
 class RecordedPiece(NamedTuple):
+    """A piece of a blob as the cache index records it"""
     key: str  # sha256 of the uncompressed piece (NO_KEY: not computed)
     offset: int  # where the compressed piece lies in the archive
     size: int

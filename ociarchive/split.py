@@ -220,7 +220,7 @@ class SplitLayers(ChunkedLayers):
         self.written_seconds = 0.0  # the producer's writes of pieces
         self.waited_seconds = 0.0  # the producer waiting for hashing and compressing to take what it made
         # the producer's bytes and cuts on their way to the hashing thread
-        self._hashq: "queue.Queue[Tuple[str, Any]]" = queue.Queue(maxsize=HASH_QUEUE)
+        self._hashq: queue.Queue[Tuple[str, Any]] = queue.Queue(maxsize=HASH_QUEUE)
         self._reader: Optional[TarReader] = None
 
     def set_plan(self, plan: LayerPlan) -> None:
@@ -235,11 +235,12 @@ class SplitLayers(ChunkedLayers):
         if self._producer:
             self._shut_down(self._producer)
 
-    def piece(self, index: int, raw: Any, size: int, prefix: str = "", chain: Optional[Tuple[Chain, int]] = None) -> None:
+    def piece(self, index: int, raw: Any, size: int, prefix: str = "",
+              chain: Optional[Tuple[Chain, int]] = None) -> None:
         """A piece of layer `index` is complete (`prefix`: the digest of the
         layer's stream up to its end; `chain`: the piece of a recorded blob
         it is): compress it (or, for none, pass it on)"""
-        future: "concurrent.futures.Future[Packed]"
+        future: concurrent.futures.Future[Packed]
         if chain is not None:
             future = self._pool.submit(self._replay, raw, size, prefix, chain)
         elif self.comp_argv:

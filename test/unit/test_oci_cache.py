@@ -43,7 +43,7 @@ def make_tree(root, extra=None):
     return root
 
 
-def build(module, tree, outdir, cache=None, keep=True, metadata=None, **options):
+def build(module, tree, outdir, cache=None, keep=True, *, metadata=None, **options):
     """main() as the engine runs it; with `keep`, the output is then linked
     into the cache as the engine does after it committed the output"""
     os.makedirs(outdir, exist_ok=True)
