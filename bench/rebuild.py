@@ -149,7 +149,7 @@ class Bench:
         return time.monotonic() - started
 
 
-def run_tree(name: str, tree: str, scratch: str, runs: int, python: str, checkout: str) -> Dict[str, Any]:
+def run_tree(name: str, tree: str, scratch: str, runs: int, *, python: str, checkout: str) -> Dict[str, Any]:
     bench = Bench(name, tree, os.path.join(scratch, "work", "rebuild", name), python, checkout)
     # the bytes of a build without cache, the reference of every rebuild
     expected = {}
@@ -233,7 +233,8 @@ def main() -> int:
     args = parser.parse_args()
     compileall.compile_dir(args.checkout, quiet=1, workers=0)  # as an installed engine has it
     trees = prepare_trees(args.scratch, args.trees.split(","), args.usr_limit * MIB, False)
-    results = [run_tree(name, path, args.scratch, args.runs, args.python, os.path.abspath(args.checkout))
+    checkout = os.path.abspath(args.checkout)
+    results = [run_tree(name, path, args.scratch, args.runs, python=args.python, checkout=checkout)
                for name, path in trees.items()]
     shutil.rmtree(os.path.join(args.scratch, "work", "rebuild"), ignore_errors=True)
     os.makedirs(args.output, exist_ok=True)
