@@ -47,7 +47,7 @@ READ_AHEAD = 16 * 1024 * 1024
 STAGE = 256 * 1024
 MEMORY_LAYERS = 16
 # how many flushed buffers (STAGE bytes, or up to tar's READ_BUFFER for big files) may wait to be hashed
-HASH_QUEUE = 64
+HASH_QUEUE = 16
 
 
 def copy_big(src: "TarReader", stream: "LayerStream", data: int) -> bool:

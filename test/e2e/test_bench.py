@@ -33,3 +33,19 @@ def test_bench_quick(tmp_path):
     assert results["engine"]["stored_rebuild_s"] > 0
     assert "| ours: assembler alone (gzip) |" in (out / "results.md").read_text()
     assert (out / "ratios.png").stat().st_size > 1000
+
+
+def test_rebuild_bench_runs_and_checks_its_bytes(tmp_path):
+    """bench/rebuild.py on the tiny tree: every build through osbuild, each
+    rebuild compared with a build without cache, the profile reported"""
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "rebuild.py"), "--trees", "tiny", "--runs", "1",
+                           "--output", str(out), "--scratch", str(tmp_path / "scratch")],
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads((out / "rebuild.json").read_text())
+    assert result["tree"] == "tiny"
+    assert all(result["median_s"][case] > 0 for case in ("first", "rebuild", "same tree", "floor"))
+    assert result["rebuild_vs_first"] > 0 and result["rebuild_vs_floor"] > 0
+    assert {"engine", "tar read", "hashing", "writing"} <= set(result["profile"]["rebuild"])
+    assert "| tiny (" in (out / "rebuild.md").read_text()
