@@ -46,7 +46,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 # pylint: disable=wrong-import-position  # this checkout's osbuild and bench, whatever is installed
-from run import EPOCH, MIB, log, ours_options, prepare_trees, tree_size  # noqa: E402
+from run import EPOCH, MIB, inserted_path, log, ours_options, prepare_trees, save_results, tree_size  # noqa: E402
 
 from osbuild.formats import v1  # noqa: E402
 from osbuild.meta import Index  # noqa: E402
@@ -60,18 +60,6 @@ PHASES = ("engine", "planning", "tar read", "splitting", "hashing", "cache looku
 def manifest(name: str) -> Dict[str, Any]:
     return {"pipeline": {"stages": [{"name": "org.osbuild.noop", "options": {"bench-rebuild": name}}],
                          "assembler": {"name": MODULE, "options": ours_options("gzip")}}}
-
-
-def inserted_path(tree: str) -> str:
-    """Where B's small file goes: in the middle of the tree's top folders, one level down where it can"""
-    names = sorted(os.listdir(tree))
-    middle = os.path.join(tree, names[len(names) // 2])
-    if os.path.isdir(middle) and not os.path.islink(middle):
-        inner = sorted(os.listdir(middle))
-        if inner and os.path.isdir(os.path.join(middle, inner[len(inner) // 2])):
-            middle = os.path.join(middle, inner[len(inner) // 2])
-        return os.path.join(middle, "osbuild-bench-inserted")
-    return os.path.join(tree, "osbuild-bench-inserted")
 
 
 class Bench:
@@ -237,13 +225,7 @@ def main() -> int:
     results = [run_tree(name, path, args.scratch, args.runs, python=args.python, checkout=checkout)
                for name, path in trees.items()]
     shutil.rmtree(os.path.join(args.scratch, "work", "rebuild"), ignore_errors=True)
-    os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, "rebuild.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    text = markdown(results)
-    with open(os.path.join(args.output, "rebuild.md"), "w", encoding="utf-8") as f:
-        f.write(text)
-    print(text)
+    print(save_results(args.output, "rebuild", results, markdown(results)))
     return 0
 
 

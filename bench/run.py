@@ -456,6 +456,18 @@ def engine_overhead(scratch: str, runs: int) -> Dict[str, float]:
 
 # --- rebuilds: the piece cache --------------------------------------------------
 
+def inserted_path(tree: str) -> str:
+    """Where B's small file goes: in the middle of the tree's top folders, one level down where it can"""
+    names = sorted(os.listdir(tree))
+    middle = os.path.join(tree, names[len(names) // 2])
+    if os.path.isdir(middle) and not os.path.islink(middle):
+        inner = sorted(os.listdir(middle))
+        if inner and os.path.isdir(os.path.join(middle, inner[len(inner) // 2])):
+            middle = os.path.join(middle, inner[len(inner) // 2])
+        return os.path.join(middle, "osbuild-bench-inserted")
+    return os.path.join(tree, "osbuild-bench-inserted")
+
+
 def upgraded_copy(tree: str, scratch: str) -> str:
     """A copy of a dpkg tree where one package (sed) has new contents and a new status"""
     copy = os.path.join(scratch, "trees", os.path.basename(tree) + "-upgraded")
@@ -483,8 +495,7 @@ def incremental(name: str, tree: str, scratch: str, runs: int) -> Dict[str, Any]
     options = ours_options("gzip")
     layered = dict(options, layers={})
     has_dpkg = os.path.isfile(os.path.join(tree, "var/lib/dpkg/status"))
-    names = sorted(os.listdir(tree))
-    inserted = os.path.join(tree, names[len(names) // 2], "osbuild-bench-inserted")
+    inserted = inserted_path(tree)
 
     def one(opts: Dict[str, Any], source: str, with_cache: bool, empty: bool, insert: bool = False) -> float:
         shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
@@ -525,6 +536,16 @@ def incremental(name: str, tree: str, scratch: str, runs: int) -> Dict[str, Any]
     return {"tree": name, "bytes": tree_size(tree), "runs": runs,
             "rows": [{"name": k, "median_s": round(statistics.median(v), 3), "min_s": round(min(v), 3),
                       "vs_cold_first": round(statistics.median(v) / cold, 3)} for k, v in scenarios.items()]}
+
+
+def save_results(output: str, stem: str, results: Any, text: str) -> str:
+    """OUTPUT/STEM.json and OUTPUT/STEM.md; returns the text"""
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, f"{stem}.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(output, f"{stem}.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    return text
 
 
 def incremental_markdown(results: List[Dict[str, Any]]) -> str:
@@ -640,12 +661,7 @@ def main() -> int:
         trees = prepare_trees(args.scratch, args.trees.split(","), args.usr_limit * MIB, False)
     if args.incremental:
         rebuilds = [incremental(name, path, args.scratch, runs) for name, path in trees.items()]
-        os.makedirs(args.output, exist_ok=True)
-        with open(os.path.join(args.output, "incremental.json"), "w", encoding="utf-8") as f:
-            json.dump(rebuilds, f, indent=2)
-        with open(os.path.join(args.output, "incremental.md"), "w", encoding="utf-8") as f:
-            f.write(incremental_markdown(rebuilds))
-        print(incremental_markdown(rebuilds))
+        print(save_results(args.output, "incremental", rebuilds, incremental_markdown(rebuilds)))
         return 0
     items = contenders(shutil.which("umoci") is not None, shutil.which("buildah") is not None)
     if args.only:
@@ -658,12 +674,7 @@ def main() -> int:
         "trees": [run_tree(name, path, args.scratch, runs, items) for name, path in trees.items()],
         "engine": engine_overhead(args.scratch, runs),
     }
-    os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    text = markdown(results)
-    with open(os.path.join(args.output, "results.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+    text = save_results(args.output, "results", results, markdown(results))
     chart(results, os.path.join(args.output, "ratios.png"))
     print(text)
     log(f"bench: results in {args.output}/ (trees cached in {args.scratch}/trees)")
