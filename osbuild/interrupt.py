@@ -7,6 +7,7 @@ exits with 128 + the signal's number. While that cleanup runs, further
 signals are ignored, so that it finishes.
 """
 
+import os
 import signal
 import sys
 from typing import Any
@@ -49,3 +50,12 @@ def report(error: Interrupted, prog: str = "osbuild") -> int:
     """Say that the build was interrupted; the exit status for it"""
     print(f"\n{prog}: interrupted ({error.name}), nothing was kept of the unfinished work", file=sys.stderr)
     return error.exit_status
+
+
+def reader_gone() -> int:
+    """stdout's reader went away (`osbuild --inspect | head`): the rest of
+    the output goes nowhere, quietly; the exit status is SIGPIPE's"""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE

@@ -20,7 +20,7 @@ from . import __version__
 from .buildroot import SandboxError
 from .formats import v1, v2
 from .inputs import InputError
-from .interrupt import Interrupted, install
+from .interrupt import Interrupted, install, reader_gone
 from .interrupt import report as report_interrupt
 from .meta import Index, ModuleError, ValidationResult, default_libdir, host_os_release, json_path
 from .monitor import BaseMonitor, LogMonitor
@@ -378,6 +378,9 @@ def main() -> None:
     install()
     try:
         code = osbuild_cli()
+        sys.stdout.flush()
     except Interrupted as e:
         code = report_interrupt(e)
+    except BrokenPipeError:
+        code = reader_gone()
     sys.exit(code)

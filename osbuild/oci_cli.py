@@ -29,7 +29,7 @@ from ociarchive import assemble
 from ociarchive.options import check_options
 from ociarchive.util import describe_error
 
-from .interrupt import Interrupted, install
+from .interrupt import Interrupted, install, reader_gone
 from .interrupt import report as report_interrupt
 from .meta import ModuleError, ModuleInfo, default_libdir, validate
 
@@ -236,9 +236,13 @@ def flag_message(message: str) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     install()  # SIGINT, SIGTERM, SIGHUP raise Interrupted from here on
     try:
-        return run(sys.argv[1:] if argv is None else argv, dict(os.environ))
+        code = run(sys.argv[1:] if argv is None else argv, dict(os.environ))
+        sys.stdout.flush()
+        return code
     except Interrupted as e:
         return report_interrupt(e, PROG)
+    except BrokenPipeError:
+        return reader_gone()
 
 
 def run(argv: Sequence[str], environ: Dict[str, str]) -> int:

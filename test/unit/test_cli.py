@@ -27,6 +27,21 @@ def test_inspect_prints_ids():
     assert len(described["pipeline"]["assembler"]["id"]) == 64
 
 
+
+@pytest.mark.parametrize("manifest", ["noop.json", "busybox-oci-v2.json"])
+def test_inspect_into_a_closed_pipe_ends_quietly(manifest):
+    """`osbuild --inspect M | head -c1`: the reader is gone; no traceback, SIGPIPE's status"""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write fails: nobody reads
+    try:
+        proc = subprocess.run([sys.executable, "-m", "osbuild", "--inspect", os.path.join(REPO, "samples", manifest)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, check=False,
+                              env=dict(os.environ, PYTHONPATH=REPO))
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
 def test_manifest_from_stdin():
     with open(NOOP, encoding="utf-8") as f:
         proc = osbuild("--inspect", "-", stdin=f.read())

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -161,3 +163,19 @@ def test_a_failed_build_exits_1_and_leaves_nothing(tree, tmp_path, capsys, monke
     assert code == 1
     assert "osbuild-oci: error: create layer: sh exited with status 3" in err
     assert stdout == "" and os.listdir(out) == []
+
+
+def test_json_into_a_closed_pipe_keeps_the_archive(tree, tmp_path):
+    """`osbuild-oci ROOTFS -o A --json | true`: the archive is made, the report goes nowhere, quietly"""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads the report
+    try:
+        proc = subprocess.run([sys.executable, "-m", "osbuild.oci_cli", tree, "-o", str(tmp_path / "a.tar"), "--json",
+                               "-q", "--architecture", "amd64", "--source-epoch", "1700000000"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, check=False,
+                              env=dict(os.environ, PYTHONPATH=REPO))
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert Archive(str(tmp_path / "a.tar")).config["architecture"] == "amd64"
