@@ -2,7 +2,6 @@
 
 import contextlib
 import hashlib
-import mmap
 import os
 import re
 import shutil
@@ -13,7 +12,7 @@ import zlib
 from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from .options import safe_filename
-from .util import PHASES, write_all
+from .util import PHASES, mapped, write_all
 
 # the cache of compressed pieces (where the engine offers one): its
 # indexes, the folder where the engine links outputs, the names they use,
@@ -202,11 +201,9 @@ class PieceCache:
             if trusted is None:
                 trusted = self._trusted[index] = self._stamps.get(index) == (st.st_size, st.st_mtime_ns)
             if not trusted:
-                start = offset - offset % mmap.ALLOCATIONGRANULARITY
-                with mmap.mmap(fd, size + offset - start, prot=mmap.PROT_READ, offset=start) as view:
-                    with memoryview(view) as data:
-                        if zlib.crc32(data[offset - start:]) != crc:
-                            raise ValueError("damaged")
+                with mapped(fd, size, offset) as data:
+                    if zlib.crc32(data) != crc:
+                        raise ValueError("damaged")
             with self._lock:
                 touch = index not in self._used
                 self._used.add(index)

@@ -2,7 +2,6 @@
 
 import concurrent.futures
 import hashlib
-import mmap
 import os
 import queue
 import subprocess
@@ -14,7 +13,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 from .archive import BlobWriter, Trail
 from .cache import NO_KEY, Chain, PieceCache, RecordedPiece
 from .compress import incompressible
-from .util import PHASES, PROGRESS_INTERVAL, Digest, anonymous_file, human, unnamed_file, write_all
+from .util import PHASES, PROGRESS_INTERVAL, Digest, anonymous_file, human, mapped, unnamed_file, write_all
 
 
 class Packed(NamedTuple):
@@ -162,7 +161,7 @@ class ChunkedLayers:
         out = -1
         piece = self._file(raw)
         try:
-            with mmap.mmap(piece, size, prot=mmap.PROT_READ) as view:
+            with mapped(piece, size) as view:
                 if self.stored and incompressible(view):
                     # random or already compressed data: stored deflate blocks,
                     # at memory speed, instead of a search that finds nothing
@@ -190,7 +189,7 @@ class ChunkedLayers:
         """The sha256 of a piece (its buffers, or its file), the key of the cache"""
         started = time.perf_counter()
         if isinstance(raw, int):
-            with mmap.mmap(raw, size, prot=mmap.PROT_READ) as view:
+            with mapped(raw, size) as view:
                 key = hashlib.sha256(view).hexdigest()
         else:
             digest = hashlib.sha256()
@@ -205,7 +204,7 @@ class ChunkedLayers:
         compressed = os.lseek(out, 0, os.SEEK_CUR)
         crc = 0
         if self.cache and compressed:
-            with mmap.mmap(out, compressed, prot=mmap.PROT_READ) as made:
+            with mapped(out, compressed) as made:
                 crc = zlib.crc32(made)
         return Packed(out, 0, compressed, key, crc, True, prefix, None)
 

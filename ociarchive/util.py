@@ -1,5 +1,6 @@
 """Small helpers of the data path: digests, writes, pipes, files without names, sizes for the log"""
 
+import contextlib
 import fcntl
 import hashlib
 import mmap
@@ -8,7 +9,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import BinaryIO, Dict, Optional
+from typing import BinaryIO, Dict, Iterator, Optional
 
 # how much one read of a pipe or file takes
 CHUNK = 1024 * 1024
@@ -82,13 +83,26 @@ def anonymous_file(name: str) -> int:
         return os.dup(f.fileno())
 
 
+@contextlib.contextmanager
+def mapped(fd: int, size: int, start: int = 0) -> Iterator[memoryview]:
+    """`size` bytes of file `fd` from offset `start`, mapped read-only (no copy)
+
+    The mapping starts at the page boundary below `start`, as mmap needs;
+    the view is of exactly the bytes asked for (empty for none)."""
+    if not size:
+        yield memoryview(b"")
+        return
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(fd, start + size - base, prot=mmap.PROT_READ, offset=base) as view:
+        with memoryview(view) as whole:
+            with whole[start - base:] as data:
+                yield data
+
+
 def hash_fd(digest: Digest, fd: int, size: int, start: int = 0) -> None:
     """Hash `size` bytes of file `fd` from offset `start` without copying them"""
-    if size:
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        with mmap.mmap(fd, start + size - base, prot=mmap.PROT_READ, offset=base) as view:
-            with memoryview(view) as data:
-                digest.update(data[start - base:])
+    with mapped(fd, size, start) as data:
+        digest.update(data)
 
 
 def write_all(fd: int, data: bytes) -> None:
