@@ -1,7 +1,9 @@
 """The outer archive: the tar of the OCI layout, blobs streamed in behind reserved headers"""
 
+import contextlib
 import fcntl
 import os
+import queue
 import tarfile
 import threading
 import time
@@ -46,14 +48,52 @@ def blob_prefix(blob_name: str, size: int, mtime: int, first: bool) -> bytes:
     return header
 
 
+class Behind:
+    """A thread hashing what was written, in order, behind the writer
+
+    Takes (fd, offset, size) ranges of files that stay as they are until
+    `finish` (bytes too); the writer never waits for the hash."""
+
+    def __init__(self, digest: Digest) -> None:
+        self.digest = digest
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="blob-hash", daemon=True)
+        self._thread.start()
+
+    def put(self, item: Any) -> None:
+        self._work.put(item)
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            if self._error is not None:
+                continue  # only drained: finish() reports it
+            try:
+                if isinstance(item, tuple):
+                    hash_fd(self.digest, item[0], item[2], item[1])
+                else:
+                    self.digest.update(item)
+            except BaseException as e:  # pylint: disable=broad-except  # raised by finish() in the writer
+                self._error = e
+
+    def finish(self) -> None:
+        """Wait until everything put is hashed (its error raised here)"""
+        self._work.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class Trail:
     """The sha256 of a blob made of pieces, put off while they are those of a recorded blob
 
     Pieces that continue a recorded blob (a cache.Chain) in order are not
     hashed as they pass: when the blob ends with that blob's last piece,
     it is that blob and its digest is known. At the first piece that does
-    not follow, the pieces before are hashed from where they were written,
-    and from then on each piece as it comes.
+    not follow, the pieces so far and every one after are hashed where
+    they were written, by a thread behind the writer (Behind). A trail
+    that is not put off (the written bytes cannot be read back) hashes
+    each piece as it comes.
     """
 
     def __init__(self, deferred: bool = True) -> None:
@@ -63,6 +103,7 @@ class Trail:
         self._next = 0
         self._eager = not deferred
         self._unhashed: List[Tuple[int, int, int]] = []  # (fd, offset, size) written, not hashed yet
+        self._behind: Optional[Behind] = None
 
     def add(self, source: Tuple[int, int], size: int, written: Tuple[int, int],
             chain: Optional[Tuple[Any, int]] = None) -> None:
@@ -76,22 +117,33 @@ class Trail:
             self._next += 1
             self._unhashed.append((*written, size))
             return
-        self.catch_up()
-        hash_fd(self.digest, source[0], size, source[1])
+        if not self._eager:
+            self._unhashed.append((*written, size))
+            self.catch_up()
+        elif self._behind is not None:
+            self._behind.put((*written, size))
+        else:
+            hash_fd(self.digest, source[0], size, source[1])
 
     def update(self, data: Any) -> None:
-        """The blob's next bytes, hashed now"""
-        self.catch_up()
-        self.digest.update(data)
+        """The blob's next bytes"""
         self.size += len(data)
+        if self._behind is None and not self._unhashed:
+            self._eager = True  # nothing was put off: hashed here, as they come
+            self.digest.update(data)
+            return
+        self.catch_up()
+        assert self._behind is not None
+        self._behind.put(bytes(data))
 
     def catch_up(self) -> None:
-        """Hash what was put off: from now on every piece is hashed as it comes"""
+        """Hash what was put off, behind the writer; from now on every piece is"""
         if self._eager:
             return
         self._eager = True
-        for fd, offset, size in self._unhashed:
-            hash_fd(self.digest, fd, size, offset)
+        self._behind = Behind(self.digest)
+        for item in self._unhashed:
+            self._behind.put(item)
         self._unhashed = []
 
     def result(self) -> Tuple[str, int]:
@@ -100,7 +152,14 @@ class Trail:
         if not self._eager and chain is not None and self._next == len(chain.pieces) and self.size == chain.size:
             return chain.digest, chain.size
         self.catch_up()
+        self.abandon()
         return self.digest.digest, self.digest.size
+
+    def abandon(self) -> None:
+        """Stop the thread behind, once what it was given is hashed (a failed build's cleanup too)"""
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            behind.finish()
 
 
 class BlobWriter:
@@ -188,3 +247,5 @@ class BlobWriter:
         self._done = True
         self._kick.set()
         self._syncer.join()
+        with contextlib.suppress(Exception):  # a failed build: its digest is moot
+            self.trail.abandon()

@@ -1,6 +1,7 @@
 """Pieces of layers compressed on every core, and where they wait until their blob is written"""
 
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import queue
@@ -96,6 +97,10 @@ class Spill:
         return self._pieces.pop(index, []), self._trails.pop(index, Trail())
 
     def close(self) -> None:
+        for trail in self._trails.values():
+            with contextlib.suppress(Exception):  # a failed build: the digests are moot
+                trail.abandon()
+        self._trails = {}
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

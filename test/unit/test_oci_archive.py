@@ -9,11 +9,13 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 
 import pytest
 
 import ociarchive.archive
 import ociarchive.build
+import ociarchive.cache
 import ociarchive.compress
 import ociarchive.layout
 import ociarchive.options
@@ -491,3 +493,57 @@ def test_json_blobs_are_canonical(oci_archive):
     blob = ociarchive.layout.json_blob({"b": 1, "a": {"d": [1, 2], "c": "é"}})
     assert blob == '{"a":{"c":"é","d":[1,2]},"b":1}'.encode()
     assert json.loads(blob) == {"b": 1, "a": {"d": [1, 2], "c": "é"}}
+
+
+def written(path, parts):
+    """A file holding `parts` one after the other, read-write; (fd, offset of each)"""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    offsets = []
+    for part in parts:
+        offsets.append(os.lseek(fd, 0, os.SEEK_CUR))
+        os.write(fd, part)
+    return fd, offsets
+
+
+@pytest.mark.parametrize("follow", [0, 1, 3])
+def test_trail_hashes_behind_the_writer_from_where_a_recorded_blob_is_left(tmp_path, follow):
+    """Pieces that follow a recorded blob are not hashed; once one does not,
+    the blob's sha256 is still that of every byte written, in order"""
+    parts = [os.urandom(70_000 + 4099 * i) for i in range(5)]
+    fd, offsets = written(str(tmp_path / "blob"), parts)
+    chain = ociarchive.cache.Chain("index", "archive", [None] * 5, "sha256:" + "0" * 64, sum(map(len, parts)))
+    try:
+        trail = ociarchive.archive.Trail()
+        for i, (part, offset) in enumerate(zip(parts, offsets)):
+            trail.add((fd, offset), len(part), (fd, offset), (chain, i) if i < follow else None)
+        trail.update(b"and a tail")
+        assert trail.result() == (sha256(b"".join(parts) + b"and a tail"), sum(map(len, parts)) + 10)
+    finally:
+        os.close(fd)
+
+
+def test_trail_that_follows_a_recorded_blob_to_its_end_is_that_blob(tmp_path):
+    parts = [b"a" * 1000, b"b" * 2000]
+    fd, offsets = written(str(tmp_path / "blob"), parts)
+    chain = ociarchive.cache.Chain("index", "archive", [None, None], "sha256:" + "1" * 64, 3000)
+    try:
+        trail = ociarchive.archive.Trail()
+        for i, (part, offset) in enumerate(zip(parts, offsets)):
+            trail.add((fd, offset), len(part), (fd, offset), (chain, i))
+        assert trail.result() == ("sha256:" + "1" * 64, 3000)  # taken from the record, nothing hashed
+    finally:
+        os.close(fd)
+
+
+def test_abandoned_trail_leaves_no_thread(tmp_path):
+    """A build that fails with a hash running behind the writer stops it on close"""
+    fd, offsets = written(str(tmp_path / "blob"), [os.urandom(100_000)])
+    try:
+        blob = ociarchive.archive.BlobWriter(fd)
+        blob.begin()
+        blob.trail.add((fd, offsets[0]), 100_000, (fd, offsets[0]))  # nothing followed: hashed behind
+        assert any(t.name == "blob-hash" for t in threading.enumerate())
+        blob.close()
+        assert not any(t.name == "blob-hash" for t in threading.enumerate())
+    finally:
+        os.close(fd)
