@@ -281,20 +281,20 @@ def bash(script: str) -> List[str]:
     return ["bash", "-o", "pipefail", "-c", script]
 
 
-def ours_options(compression: str) -> Dict[str, Any]:
+def ours_options(compression: str, level: Optional[int] = None) -> Dict[str, Any]:
     return {"filename": "image.tar", "architecture": "amd64", "compression": compression,
-            "source-epoch": EPOCH, "tag": "bench"}
+            "source-epoch": EPOCH, "tag": "bench", **({"compression-level": level} if level else {})}
 
 
 ENGINE_STAGE = {"name": "org.osbuild.noop", "options": {"bench": "tree"}}
 
 
-def engine_manifest(compression: str) -> Dict[str, Any]:
+def engine_manifest(compression: str, level: Optional[int] = None) -> Dict[str, Any]:
     return {"pipeline": {"stages": [ENGINE_STAGE],
-                         "assembler": {"name": "org.osbuild.oci-archive", "options": ours_options(compression)}}}
+                         "assembler": {"name": "org.osbuild.oci-archive", "options": ours_options(compression, level)}}}
 
 
-def engine_setup(tree: str, workdir: str) -> None:
+def engine_setup(tree: str, workdir: str, level: Optional[int] = None) -> None:
     """Seed the store with the tree as the output of the manifest's stage"""
     manifest = v1.load(engine_manifest("gzip"), Index(REPO), lambda: "org.osbuild.linux")
     store = ObjectStore(os.path.join(workdir, "store"))
@@ -310,7 +310,7 @@ def engine_setup(tree: str, workdir: str) -> None:
     # and the assembler's piece cache: every run is a first assembly
     shutil.rmtree(os.path.join(store.path, "cache"), ignore_errors=True)
     with open(os.path.join(workdir, "manifest.json"), "w", encoding="utf-8") as f:
-        json.dump(engine_manifest("gzip"), f)
+        json.dump(engine_manifest("gzip", level), f)
 
 
 def contenders(have_umoci: bool, have_buildah: bool) -> List[Contender]:
@@ -321,6 +321,12 @@ def contenders(have_umoci: bool, have_buildah: bool) -> List[Contender]:
                   lambda tree, work: [*env_python, "-m", "osbuild", "--libdir", REPO, "--store", "store",
                                       "--output-directory", "out", "manifest.json"],
                   "out/image.tar", setup=engine_setup, note="whole build through the engine, tree from the store"),
+        Contender(ENGINE_LEVEL3,
+                  lambda tree, work: [*env_python, "-m", "osbuild", "--libdir", REPO, "--store", "store",
+                                      "--output-directory", "out", "manifest.json"],
+                  "out/image.tar", setup=lambda tree, work: engine_setup(tree, work, 3),
+                  note="the same with compression-level 3: faster, the output still no larger than umoci's "
+                       "or buildah's"),
         Contender("ours: osbuild-oci (gzip)",
                   lambda tree, work: [python, "-m", "osbuild.oci_cli", tree, "-o", "image.tar", "-q",
                                       "--architecture", "amd64", "--source-epoch", str(EPOCH), "--tag", "bench"],
@@ -374,6 +380,7 @@ def contenders(have_umoci: bool, have_buildah: bool) -> List[Contender]:
 
 SINGLE_PASS = "floor: tar | tee(sha256) | pigz | tee(sha256)"
 ENGINE = "ours: osbuild + oci-archive (gzip)"
+ENGINE_LEVEL3 = "ours: osbuild + oci-archive (gzip level 3)"
 ALONE = "ours: assembler alone (gzip)"
 ALONE_CACHE = "ours: assembler alone, empty cache (gzip)"
 LAYERED = "ours: assembler alone, layered (gzip)"
@@ -435,7 +442,9 @@ def run_tree(name: str, tree: str, scratch: str, runs: int, items: List[Contende
             "engine_vs_alone": ratio(ENGINE, ALONE), "engine_vs_alone_cache": ratio(ENGINE, ALONE_CACHE),
             "cold_cache_vs_none": ratio(ALONE_CACHE, ALONE), "layered_vs_single": ratio(LAYERED, ALONE),
             "command_vs_alone": ratio(COMMAND, ALONE), "umoci_vs_command": ratio(UMOCI, COMMAND),
-            "buildah_vs_command": ratio(BUILDAH, COMMAND)}
+            "buildah_vs_command": ratio(BUILDAH, COMMAND), "umoci_vs_engine": ratio(UMOCI, ENGINE),
+            "buildah_vs_engine": ratio(BUILDAH, ENGINE), "umoci_vs_engine_level3": ratio(UMOCI, ENGINE_LEVEL3),
+            "buildah_vs_engine_level3": ratio(BUILDAH, ENGINE_LEVEL3)}
 
 
 def engine_overhead(scratch: str, runs: int) -> Dict[str, float]:
@@ -586,7 +595,11 @@ def markdown(results: Dict[str, Any]) -> str:
                           ("layered_vs_single", "Assembler alone, layered / one layer"),
                           ("command_vs_alone", "osbuild-oci / assembler alone (the command's own cost)"),
                           ("umoci_vs_command", "umoci / osbuild-oci (a folder to an archive: how much faster ours is)"),
-                          ("buildah_vs_command", "buildah / osbuild-oci")):
+                          ("buildah_vs_command", "buildah / osbuild-oci"),
+                          ("umoci_vs_engine", "umoci / through `osbuild`"),
+                          ("buildah_vs_engine", "buildah / through `osbuild`"),
+                          ("umoci_vs_engine_level3", "umoci / through `osbuild` at compression-level 3"),
+                          ("buildah_vs_engine_level3", "buildah / through `osbuild` at compression-level 3")):
             if tree.get(key):
                 lines.append(f"- {text}: {tree[key]:.3f}")
         lines.append("")
