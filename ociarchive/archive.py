@@ -18,7 +18,7 @@ from .util import CHUNK, PHASES, Digest, hash_fd, write_all
 # or three when the size needs a pax record) preceded by directory entries
 RESERVED = 3 * tarfile.BLOCKSIZE
 # the blob written is flushed to disk in the background every SYNC_EVERY bytes
-SYNC_EVERY = 64 * 1024 * 1024
+SYNC_EVERY = 8 * 1024 * 1024
 
 
 def layer_prefix(blob_name: str, size: int, mtime: int) -> bytes:
