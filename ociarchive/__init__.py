@@ -18,6 +18,7 @@ The modules follow the data path; each imports only those above it:
 - `diff`: what changed from one tree to the next, with OCI whiteouts
 - `archive`: the outer archive, blobs streamed in behind reserved headers
 - `compress`: the compressors, and the streaming path (pigz, zstd)
+- `deflate`: libdeflate called in this process, the bytes of `libdeflate-gzip` per piece
 - `cache`: compressed pieces of earlier archives, found by their content
 - `pieces`: pieces compressed on every core, spilled until their blob is written
 - `split`: tar's stream cut into layers and pieces by content

@@ -3,14 +3,16 @@
 import concurrent.futures
 import contextlib
 import hashlib
+import mmap
 import os
 import queue
 import subprocess
 import threading
 import time
 import zlib
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
+from . import deflate
 from .archive import BlobWriter, Trail
 from .cache import NO_KEY, Chain, PieceCache, RecordedPiece
 from .compress import incompressible
@@ -27,6 +29,23 @@ class Packed(NamedTuple):
     made: bool  # in a file of the pool (else opened from the cache: closed after use)
     prefix: str  # the sha256 of the layer's stream up to the piece's end ("" without a cache)
     chain: Optional[Tuple[Chain, int]]  # the piece of a recorded blob it is (cache.Chain, index)
+
+
+@contextlib.contextmanager
+def piece_buffer(raw: Any, size: int) -> Iterator[Any]:
+    """A piece's bytes in one buffer that C code may read: its file mapped
+    privately (no copy is made until someone writes), or its buffers as
+    one (joined where there are several)"""
+    if isinstance(raw, int):
+        if not size:
+            yield b""
+            return
+        with mmap.mmap(raw, size, access=mmap.ACCESS_COPY) as view:
+            yield view
+    elif len(raw) == 1 and isinstance(raw[0], (bytes, bytearray)):
+        yield raw[0]
+    else:
+        yield b"".join(raw)
 
 
 class FilePool:
@@ -121,6 +140,7 @@ class ChunkedLayers:
     def __init__(self, comp_argv: List[str], blob: BlobWriter, workers: int, *, stored: bool = True,
                  cache: Optional[PieceCache] = None, spill_dir: Optional[str] = None):
         self.comp_argv = comp_argv  # empty: no compression, the pieces as they are
+        self.deflate = deflate.for_argv(comp_argv)  # the same compressor in this process, where it can be
         self.stored = stored  # incompressible pieces may become stored deflate blocks (gzip)
         self.blob = blob
         self.workers = max(1, workers)
@@ -163,6 +183,8 @@ class ChunkedLayers:
                 if isinstance(raw, int):
                     self._raw.give(raw)
                 return Packed(*hit[:3], key, hit[3], False, prefix, None)
+        if self.deflate is not None:
+            return self._deflate(raw, size, key, prefix)
         out = -1
         piece = self._file(raw)
         try:
@@ -188,6 +210,28 @@ class ChunkedLayers:
             raise
         finally:
             self._raw.give(piece)
+
+    def _deflate(self, raw: Any, size: int, key: str, prefix: str) -> Packed:
+        """The piece compressed in this thread by libdeflate (see deflate.py)"""
+        assert self.deflate is not None
+        out = self._packed.take()
+        try:
+            with piece_buffer(raw, size) as data:
+                if self.stored and incompressible(data):
+                    stored = zlib.compressobj(0, zlib.DEFLATED, 31)
+                    write_all(out, stored.compress(data) + stored.flush())
+                else:
+                    started = time.perf_counter()
+                    made = self.deflate.compress(data)
+                    PHASES.add("compressing", time.perf_counter() - started)
+                    write_all(out, made)
+            return self._made(out, key, prefix)
+        except BaseException:
+            os.close(out)
+            raise
+        finally:
+            if isinstance(raw, int):
+                self._raw.give(raw)
 
     @staticmethod
     def _key(raw: Any, size: int) -> str:
@@ -361,6 +405,8 @@ class ChunkedLayers:
                 continue
         producer.join()
         self._pool.shutdown(wait=True)
+        if self.deflate is not None:
+            self.deflate.close()
         self._raw.close()
         self._packed.close()
 

@@ -17,8 +17,10 @@ import ociarchive.archive
 import ociarchive.build
 import ociarchive.cache
 import ociarchive.compress
+import ociarchive.deflate
 import ociarchive.layout
 import ociarchive.options
+import ociarchive.pieces
 import ociarchive.split
 import ociarchive.tarstream
 from osbuild import meta
@@ -202,6 +204,64 @@ def test_every_gzip_compressor_gives_a_valid_layer(oci_archive, spec, tmp_path, 
     assert archive.config["rootfs"]["diff_ids"] == [sha256(archive.layer_tar)]
     spec.validate("manifest", archive.manifest)
     assert "./big" in archive.layer_entries()
+
+
+def deflate_inputs():
+    text = b"".join(b"line %d of a text that repeats itself, more or less\n" % i for i in range(60000))
+    noise = os.urandom(200 * 1024)
+    return [b"", b"a", text, noise, text[:500000] + noise + text[:12345]]
+
+
+@pytest.mark.parametrize("level", [1, 5, 9])
+def test_libdeflate_in_process_makes_the_programs_bytes(oci_archive, tmp_path, level):
+    """The library called in the assembler's process gives every piece the
+    bytes `libdeflate-gzip -c -N` gives it, from bytes, a bytearray or a
+    piece's file"""
+    argv = ["libdeflate-gzip", "-c", f"-{level}"]
+    deflater = ociarchive.deflate.for_argv(argv)
+    assert deflater is not None, "libdeflate.so.0 does not load (tools/setup installs libdeflate0)"
+    try:
+        for data in deflate_inputs():
+            program = subprocess.run(argv, input=data, capture_output=True, check=True).stdout
+            assert bytes(deflater.compress(data)) == program
+            assert bytes(deflater.compress(bytearray(data))) == program
+            fd = os.memfd_create("piece")
+            try:
+                os.write(fd, data)
+                with ociarchive.pieces.piece_buffer(fd, len(data)) as view:
+                    assert bytes(deflater.compress(view)) == program
+            finally:
+                os.close(fd)
+            assert gzip.decompress(program) == data
+    finally:
+        deflater.close()
+
+
+def test_libdeflate_in_process_only_for_its_command_line(oci_archive):
+    for argv in (["pigz", "--no-name", "--stdout", "-6"], ["sh", "-c", "cat"], ["libdeflate-gzip", "-c", "-x"],
+                 ["libdeflate-gzip", "-6"], ["zstd", "--quiet", "--stdout", "-T0", "-3", "--no-check"]):
+        assert ociarchive.deflate.for_argv(argv) is None, argv
+    assert ociarchive.deflate.level_of(["libdeflate-gzip", "-c", "-12"]) == 12
+
+
+def test_layers_without_the_library_are_the_same_bytes(oci_archive, tmp_path, monkeypatch):
+    """Where libdeflate.so.0 cannot be loaded the program compresses each
+    piece: the archive is byte for byte the same"""
+    tree = make_tree(str(tmp_path / "tree"))
+    with open(os.path.join(tree, "big"), "wb") as f:  # several pieces, one of them incompressible
+        f.write(b"".join(b"row %d\n" % i for i in range(900000)) + os.urandom(5 * 1024 * 1024))
+    calls = []
+    compress = ociarchive.deflate.Deflate.compress
+    monkeypatch.setattr(ociarchive.deflate.Deflate, "compress",
+                        lambda self, data: calls.append(1) or compress(self, data))
+    with_library = build(oci_archive, tree, tmp_path / "library", **{"source-epoch": 1})
+    assert len(calls) >= 2, "the pieces were not compressed in the process"
+    made_here = len(calls)
+    monkeypatch.setattr(ociarchive.deflate, "library", lambda: None)  # as where the library is missing
+    with_program = build(oci_archive, tree, tmp_path / "program", **{"source-epoch": 1})
+    assert len(calls) == made_here, "without the library, the program compresses"
+    with open(with_library.path, "rb") as a, open(with_program.path, "rb") as b:
+        assert a.read() == b.read()
 
 
 # writes a file to stdout `piece` bytes per write
