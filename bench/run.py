@@ -289,12 +289,12 @@ def ours_options(compression: str, level: Optional[int] = None) -> Dict[str, Any
 ENGINE_STAGE = {"name": "org.osbuild.noop", "options": {"bench": "tree"}}
 
 
-def engine_manifest(compression: str, level: Optional[int] = None) -> Dict[str, Any]:
-    return {"pipeline": {"stages": [ENGINE_STAGE],
-                         "assembler": {"name": "org.osbuild.oci-archive", "options": ours_options(compression, level)}}}
+def engine_manifest(compression: str, level: Optional[int] = None, layered: bool = False) -> Dict[str, Any]:
+    options = dict(ours_options(compression, level), **({"layers": {}} if layered else {}))
+    return {"pipeline": {"stages": [ENGINE_STAGE], "assembler": {"name": "org.osbuild.oci-archive", "options": options}}}
 
 
-def engine_setup(tree: str, workdir: str, level: Optional[int] = None) -> None:
+def engine_setup(tree: str, workdir: str, level: Optional[int] = None, layered: bool = False) -> None:
     """Seed the store with the tree as the output of the manifest's stage"""
     manifest = v1.load(engine_manifest("gzip"), Index(REPO), lambda: "org.osbuild.linux")
     store = ObjectStore(os.path.join(workdir, "store"))
@@ -310,7 +310,7 @@ def engine_setup(tree: str, workdir: str, level: Optional[int] = None) -> None:
     # and the assembler's piece cache: every run is a first assembly
     shutil.rmtree(os.path.join(store.path, "cache"), ignore_errors=True)
     with open(os.path.join(workdir, "manifest.json"), "w", encoding="utf-8") as f:
-        json.dump(engine_manifest("gzip", level), f)
+        json.dump(engine_manifest("gzip", level, layered), f)
 
 
 def contenders(have_umoci: bool, have_buildah: bool) -> List[Contender]:
@@ -327,6 +327,11 @@ def contenders(have_umoci: bool, have_buildah: bool) -> List[Contender]:
                   "out/image.tar", setup=lambda tree, work: engine_setup(tree, work, 3),
                   note="the same with compression-level 3: faster, the output still no larger than umoci's "
                        "or buildah's"),
+        Contender(ENGINE_LAYERED,
+                  lambda tree, work: [*env_python, "-m", "osbuild", "--libdir", REPO, "--store", "store",
+                                      "--output-directory", "out", "manifest.json"],
+                  "out/image.tar", setup=lambda tree, work: engine_setup(tree, work, layered=True),
+                  note="the same with `layers: {}`: split by the tree's package database, at most 16 layers"),
         Contender("ours: osbuild-oci (gzip)",
                   lambda tree, work: [python, "-m", "osbuild.oci_cli", tree, "-o", "image.tar", "-q",
                                       "--architecture", "amd64", "--source-epoch", str(EPOCH), "--tag", "bench"],
@@ -381,6 +386,7 @@ def contenders(have_umoci: bool, have_buildah: bool) -> List[Contender]:
 SINGLE_PASS = "floor: tar | tee(sha256) | pigz | tee(sha256)"
 ENGINE = "ours: osbuild + oci-archive (gzip)"
 ENGINE_LEVEL3 = "ours: osbuild + oci-archive (gzip level 3)"
+ENGINE_LAYERED = "ours: osbuild + oci-archive, layered (gzip)"
 ALONE = "ours: assembler alone (gzip)"
 ALONE_CACHE = "ours: assembler alone, empty cache (gzip)"
 LAYERED = "ours: assembler alone, layered (gzip)"
@@ -441,6 +447,7 @@ def run_tree(name: str, tree: str, scratch: str, runs: int, items: List[Contende
     return {"tree": name, "path": tree, "bytes": size, "runs": runs, "rows": rows,
             "engine_vs_alone": ratio(ENGINE, ALONE), "engine_vs_alone_cache": ratio(ENGINE, ALONE_CACHE),
             "cold_cache_vs_none": ratio(ALONE_CACHE, ALONE), "layered_vs_single": ratio(LAYERED, ALONE),
+            "engine_layered_vs_single": ratio(ENGINE_LAYERED, ENGINE),
             "command_vs_alone": ratio(COMMAND, ALONE), "umoci_vs_command": ratio(UMOCI, COMMAND),
             "buildah_vs_command": ratio(BUILDAH, COMMAND), "umoci_vs_engine": ratio(UMOCI, ENGINE),
             "buildah_vs_engine": ratio(BUILDAH, ENGINE), "umoci_vs_engine_level3": ratio(UMOCI, ENGINE_LEVEL3),
@@ -593,6 +600,7 @@ def markdown(results: Dict[str, Any]) -> str:
                           ("cold_cache_vs_none", "Assembler alone, empty cache / no cache (a first build's "
                                                  "cost of filling the cache)"),
                           ("layered_vs_single", "Assembler alone, layered / one layer"),
+                          ("engine_layered_vs_single", "Through `osbuild`, layered / one layer (empty cache)"),
                           ("command_vs_alone", "osbuild-oci / assembler alone (the command's own cost)"),
                           ("umoci_vs_command", "umoci / osbuild-oci (a folder to an archive: how much faster ours is)"),
                           ("buildah_vs_command", "buildah / osbuild-oci"),

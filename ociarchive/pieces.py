@@ -12,7 +12,7 @@ import time
 import zlib
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from . import deflate
+from .deflate import for_argv as deflate_for
 from .archive import BlobWriter, Trail
 from .cache import NO_KEY, Chain, PieceCache, RecordedPiece
 from .compress import incompressible
@@ -140,7 +140,7 @@ class ChunkedLayers:
     def __init__(self, comp_argv: List[str], blob: BlobWriter, workers: int, *, stored: bool = True,
                  cache: Optional[PieceCache] = None, spill_dir: Optional[str] = None):
         self.comp_argv = comp_argv  # empty: no compression, the pieces as they are
-        self.deflate = deflate.for_argv(comp_argv)  # the same compressor in this process, where it can be
+        self.deflate = deflate_for(comp_argv)  # the same compressor in this process, where it can be
         self.stored = stored  # incompressible pieces may become stored deflate blocks (gzip)
         self.blob = blob
         self.workers = max(1, workers)
