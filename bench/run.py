@@ -291,7 +291,8 @@ ENGINE_STAGE = {"name": "org.osbuild.noop", "options": {"bench": "tree"}}
 
 def engine_manifest(compression: str, level: Optional[int] = None, layered: bool = False) -> Dict[str, Any]:
     options = dict(ours_options(compression, level), **({"layers": {}} if layered else {}))
-    return {"pipeline": {"stages": [ENGINE_STAGE], "assembler": {"name": "org.osbuild.oci-archive", "options": options}}}
+    assembler = {"name": "org.osbuild.oci-archive", "options": options}
+    return {"pipeline": {"stages": [ENGINE_STAGE], "assembler": assembler}}
 
 
 def engine_setup(tree: str, workdir: str, level: Optional[int] = None, layered: bool = False) -> None:

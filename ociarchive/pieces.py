@@ -12,10 +12,10 @@ import time
 import zlib
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from .deflate import for_argv as deflate_for
 from .archive import BlobWriter, Trail
 from .cache import NO_KEY, Chain, PieceCache, RecordedPiece
 from .compress import incompressible
+from .deflate import for_argv as deflate_for
 from .util import PHASES, PROGRESS_INTERVAL, Digest, anonymous_file, human, mapped, unnamed_file, write_all
 
 
