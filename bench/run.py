@@ -317,20 +317,22 @@ def engine_setup(tree: str, workdir: str, level: Optional[int] = None, layered: 
 def contenders(have_umoci: bool, have_buildah: bool) -> List[Contender]:
     python = sys.executable
     env_python = [python]
+
+    def engine_argv(_tree: str, _work: str) -> List[str]:  # run in `work`, on what engine_setup made there
+        return [*env_python, "-m", "osbuild", "--libdir", REPO, "--store", "store", "--output-directory", "out",
+                "manifest.json"]
+
     items = [
         Contender("ours: osbuild + oci-archive (gzip)",
-                  lambda tree, work: [*env_python, "-m", "osbuild", "--libdir", REPO, "--store", "store",
-                                      "--output-directory", "out", "manifest.json"],
+                  engine_argv,
                   "out/image.tar", setup=engine_setup, note="whole build through the engine, tree from the store"),
         Contender(ENGINE_LEVEL3,
-                  lambda tree, work: [*env_python, "-m", "osbuild", "--libdir", REPO, "--store", "store",
-                                      "--output-directory", "out", "manifest.json"],
+                  engine_argv,
                   "out/image.tar", setup=lambda tree, work: engine_setup(tree, work, 3),
                   note="the same with compression-level 3: faster, the output still no larger than umoci's "
                        "or buildah's"),
         Contender(ENGINE_LAYERED,
-                  lambda tree, work: [*env_python, "-m", "osbuild", "--libdir", REPO, "--store", "store",
-                                      "--output-directory", "out", "manifest.json"],
+                  engine_argv,
                   "out/image.tar", setup=lambda tree, work: engine_setup(tree, work, layered=True),
                   note="the same with `layers: {}`: split by the tree's package database, at most 16 layers"),
         Contender("ours: osbuild-oci (gzip)",

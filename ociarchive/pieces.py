@@ -188,15 +188,10 @@ class ChunkedLayers:
         out = -1
         piece = self._file(raw)
         try:
-            with mapped(piece, size) as view:
-                if self.stored and incompressible(view):
-                    # random or already compressed data: stored deflate blocks,
-                    # at memory speed, instead of a search that finds nothing
-                    out = self._packed.take()
-                    stored = zlib.compressobj(0, zlib.DEFLATED, 31)
-                    write_all(out, stored.compress(view) + stored.flush())
-                    return self._made(out, key, prefix)
             out = self._packed.take()
+            with mapped(piece, size) as view:
+                if self._stored(out, view):
+                    return self._made(out, key, prefix)
             os.lseek(piece, 0, os.SEEK_SET)
             started = time.perf_counter()
             proc = subprocess.run(self.comp_argv, stdin=piece, stdout=out, check=False)
@@ -211,16 +206,23 @@ class ChunkedLayers:
         finally:
             self._raw.give(piece)
 
+    def _stored(self, out: int, data: Any) -> bool:
+        """Random or already compressed data (gzip only): stored deflate
+        blocks into `out`, at memory speed, instead of a search that finds
+        nothing; False (nothing written) for data worth compressing"""
+        if not (self.stored and incompressible(data)):
+            return False
+        stored = zlib.compressobj(0, zlib.DEFLATED, 31)
+        write_all(out, stored.compress(data) + stored.flush())
+        return True
+
     def _deflate(self, raw: Any, size: int, key: str, prefix: str) -> Packed:
         """The piece compressed in this thread by libdeflate (see deflate.py)"""
         assert self.deflate is not None
         out = self._packed.take()
         try:
             with piece_buffer(raw, size) as data:
-                if self.stored and incompressible(data):
-                    stored = zlib.compressobj(0, zlib.DEFLATED, 31)
-                    write_all(out, stored.compress(data) + stored.flush())
-                else:
+                if not self._stored(out, data):
                     started = time.perf_counter()
                     made = self.deflate.compress(data)
                     PHASES.add("compressing", time.perf_counter() - started)
